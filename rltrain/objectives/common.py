@@ -1,0 +1,231 @@
+"""The ``LossModule`` base class and the small pieces of math every objective shares.
+
+An objective is an ``nn.Module``: ``objective(batch)`` returns a TensorDict of scalar loss terms
+``loss_*`` plus detached metrics. Two promises let one generic Trainer drive every objective:
+
+1. **Gradient isolation.** Each loss term sends gradient only into its own parameter group.
+   :attr:`LossModule.loss_groups` maps term -> group (``{"loss_actor": "actor", ...}``) and
+   :meth:`LossModule.group_parameters` lists a group's parameters, so the Trainer can sum all terms,
+   call ``backward()`` once and step one optimizer per group.
+2. **Targets are the objective's own.** Target networks are frozen copies held by the objective
+   (:meth:`LossModule.register_target`); updaters find them through :meth:`LossModule.target_pairs`.
+
+Shared math:
+
+* distance ``d(x, y)``: ``"l2"`` -> ``(x - y)^2`` (no 1/2), ``"l1"`` -> ``|x - y|``,
+  ``"smooth_l1"`` -> Huber with beta = 1;
+* TD(0) target ``y = r + gamma^n * (1 - terminated) * V(s')`` -- bootstrapping is cut by
+  *terminated* only, so a truncated step (a time limit) still bootstraps; ``n`` is
+  ``steps_to_next_obs`` when the batch has it (n-step returns), else 1;
+* reduction over the batch: ``"mean"`` (or ``None``), ``"sum"``, ``"none"``; with priority weights
+  ``w`` (``batch["priority_weight"]``), mean is ``sum(w * l) / sum(w)`` and sum is ``sum(w * l)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import warnings
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDictBase
+from torch import nn
+
+from rltrain.modules.ensemble import frozen_copy
+
+NestedKey = str | tuple[str, ...]
+
+LOSS_FUNCTIONS = ("l1", "l2", "smooth_l1")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+class ValueEstimators(enum.Enum):
+    """Value estimators an off-policy objective can use for its bootstrap target."""
+
+    TD0 = "td0"
+
+
+def distance_loss(x: torch.Tensor, y: torch.Tensor, loss_function: str) -> torch.Tensor:
+    """Elementwise regression loss between prediction ``x`` and target ``y`` (shapes must match)."""
+    if x.shape != y.shape:
+        raise RuntimeError(f"distance_loss: shapes differ, {tuple(x.shape)} vs {tuple(y.shape)}")
+    if loss_function == "l2":
+        return (x - y).pow(2)
+    if loss_function == "l1":
+        return (x - y).abs()
+    if loss_function == "smooth_l1":
+        return F.smooth_l1_loss(x, y, reduction="none")
+    raise ValueError(f"unknown loss_function {loss_function!r}; accepted: {LOSS_FUNCTIONS}")
+
+
+def td0_target(reward: torch.Tensor, terminated: torch.Tensor, next_value: torch.Tensor,
+               gamma: float | torch.Tensor) -> torch.Tensor:
+    """``r + gamma * (1 - terminated) * V(s')``; truncated steps bootstrap."""
+    return reward + gamma * (~terminated).to(reward.dtype) * next_value
+
+
+def reduce_loss(loss: torch.Tensor, reduction: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Reduce a per-sample loss over the batch, optionally with priority weights."""
+    if reduction == "none":
+        return loss if weight is None else loss * weight
+    if weight is None:
+        return loss.mean() if reduction == "mean" else loss.sum()
+    weighted = (loss * weight).sum()
+    return weighted / weight.sum() if reduction == "mean" else weighted
+
+
+def _check_choice(name: str, value: str, accepted: tuple[str, ...]) -> str:
+    if value not in accepted:
+        raise ValueError(f"unknown {name} {value!r}; accepted: {accepted}")
+    return value
+
+
+class LossModule(nn.Module):
+    """Base class of every objective.
+
+    Subclasses define a dataclass ``_AcceptedKeys`` (the configurable TensorDict keys), call
+    :meth:`_init_common` in their constructor, declare ``loss_groups`` and implement
+    :meth:`_group_members` and ``forward``.
+    """
+
+    @dataclasses.dataclass
+    class _AcceptedKeys:
+        pass
+
+    loss_groups: ClassVar[dict[str, str]] = {}
+    default_value_estimator: ClassVar[ValueEstimators] = ValueEstimators.TD0
+
+    def _init_common(self, *, loss_function: str, reduction: str | None, gamma, priority_key,
+                     use_prioritized_weights: bool | str = "auto") -> None:
+        if gamma is not None:
+            raise TypeError("passing gamma to the constructor is deprecated: call "
+                            "loss.make_value_estimator(gamma=...) instead")
+        if priority_key is not None:
+            raise TypeError("passing priority_key to the constructor is deprecated: call "
+                            "loss.set_keys(priority=...) instead")
+        self.loss_function = _check_choice("loss_function", loss_function, LOSS_FUNCTIONS)
+        self.reduction = _check_choice("reduction", reduction or "mean", REDUCTIONS)
+        if use_prioritized_weights not in ("auto", True, False):
+            raise ValueError(f"use_prioritized_weights must be 'auto', True or False, got {use_prioritized_weights!r}")
+        self.use_prioritized_weights = use_prioritized_weights
+        self._tensor_keys = self._AcceptedKeys()
+        self._targets: list[tuple[str, str]] = []
+        self._targets_version = 0
+        self.value_type = self.default_value_estimator
+        self.register_buffer("gamma", torch.tensor(0.99))
+
+    # ---- keys ----------------------------------------------------------------------------
+    @property
+    def tensor_keys(self):
+        return self._tensor_keys
+
+    def set_keys(self, **keys: NestedKey | None) -> LossModule:
+        """Rename input/output TensorDict keys; ``None`` restores a key's default."""
+        accepted = {f.name: f.default for f in dataclasses.fields(self._AcceptedKeys)}
+        for name, value in keys.items():
+            if name not in accepted:
+                raise ValueError(f"{type(self).__name__}.set_keys: unknown key {name!r}; accepted: {sorted(accepted)}")
+            setattr(self._tensor_keys, name, accepted[name] if value is None else value)
+        return self
+
+    # ---- value estimator --------------------------------------------------------------------
+    def make_value_estimator(self, value_type: ValueEstimators | str | None = None, *,
+                             gamma: float | None = None, **hyperparams) -> LossModule:
+        """Choose the bootstrap estimator and its discount. Off-policy objectives use TD(0)."""
+        if value_type is not None:
+            try:
+                value_type = ValueEstimators(value_type.value if isinstance(value_type, enum.Enum) else value_type.lower())
+            except (ValueError, AttributeError):
+                raise ValueError(f"{type(self).__name__} supports the value estimators "
+                                 f"{[v.value for v in ValueEstimators]}, got {value_type!r}") from None
+            self.value_type = value_type
+        if hyperparams:
+            raise TypeError(f"unexpected value-estimator arguments {sorted(hyperparams)}; TD(0) takes only gamma")
+        if gamma is not None:
+            self.gamma.fill_(float(gamma))
+        return self
+
+    def _discount(self, batch: TensorDictBase) -> torch.Tensor:
+        steps = batch.get("steps_to_next_obs", None)
+        return self.gamma if steps is None else self.gamma ** steps
+
+    # ---- reductions -----------------------------------------------------------------------
+    def _priority_weight(self, batch: TensorDictBase) -> torch.Tensor | None:
+        if self.use_prioritized_weights is False:
+            return None
+        weight = batch.get(self._tensor_keys.priority_weight, None)
+        if weight is None and self.use_prioritized_weights is True:
+            raise KeyError(f"use_prioritized_weights=True but the batch has no {self._tensor_keys.priority_weight!r}")
+        return weight
+
+    def _reduce(self, loss: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return reduce_loss(loss, self.reduction, weight)
+
+    def _distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return distance_loss(x, y, self.loss_function)
+
+    # ---- targets ----------------------------------------------------------------------------
+    def register_target(self, name: str, delay: bool) -> nn.Module:
+        """Give ``self.<name>`` a target ``self.target_<name>``.
+
+        ``delay=True`` makes a frozen copy (parameters become buffers: saved, never trained) that an
+        updater moves towards the online network; ``delay=False`` aliases the online network (the
+        objective detaches it where it reads targets).
+        """
+        online = getattr(self, name)
+        if delay:
+            setattr(self, f"target_{name}", frozen_copy(online))
+            self._targets.append((name, f"target_{name}"))
+        else:
+            self.__dict__[f"target_{name}"] = online
+        return getattr(self, f"target_{name}")
+
+    def target_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(sources, targets)``: online parameters and floating-point buffers, and their targets."""
+        sources, targets = [], []
+        for online_name, target_name in self._targets:
+            online, target = getattr(self, online_name), getattr(self, target_name)
+            target_tensors = dict(target.named_buffers())
+            for name, tensor in [*online.named_parameters(), *online.named_buffers()]:
+                if tensor.is_floating_point():
+                    sources.append(tensor)
+                    targets.append(target_tensors[name])
+        if not targets:
+            raise RuntimeError(f"{type(self).__name__} has no target networks (all delay_* flags are False)")
+        return sources, targets
+
+    @property
+    def targets_version(self) -> int:
+        """Changes whenever tensors may have been replaced (``.to()``), so updaters re-collect pairs."""
+        return self._targets_version
+
+    def _apply(self, fn, recurse=True):
+        self._targets_version += 1
+        return super()._apply(fn, recurse)
+
+    # ---- parameter groups ----------------------------------------------------------------------
+    def _group_members(self) -> dict[str, list[nn.Parameter]]:
+        raise NotImplementedError
+
+    def group_parameters(self, group: str) -> list[nn.Parameter]:
+        """The trainable parameters of one group (``"actor"``, ``"qvalue"``, ...)."""
+        members = self._group_members()
+        if group not in members:
+            raise KeyError(f"{type(self).__name__} has no parameter group {group!r}; groups: {sorted(members)}")
+        return members[group]
+
+    @property
+    def parameter_groups(self) -> list[str]:
+        """Names of the groups that have trainable parameters."""
+        return [group for group, params in self._group_members().items() if params]
+
+    def _scalar_outputs_allowed(self) -> bool:
+        """With ``reduction="none"``, scalar metrics (alpha, entropy) are left out of the output."""
+        if self.reduction != "none":
+            return True
+        if getattr(self, "scalar_output_mode", None) is None:
+            warnings.warn(f"{type(self).__name__}: reduction='none' leaves scalar metrics out of the output; "
+                          "pass scalar_output_mode='exclude' to silence this", stacklevel=3)
+        return False
