@@ -95,7 +95,9 @@ class StackedMLP(nn.Module):
                 if detach:
                     ln_w, ln_b = ln_w.detach(), ln_b.detach()
                 x = F.layer_norm(x, x.shape[-1:]) * ln_w + ln_b
-            if act is not None:
+            if isinstance(act, nn.ReLU):
+                x = torch.relu_(x)  # in place: baddbmm/layer_norm outputs are not needed for backward
+            elif act is not None:
                 x = act(x)
         return x.reshape(self.num_members, *batch_shape, x.shape[-1])
 

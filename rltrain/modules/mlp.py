@@ -27,6 +27,12 @@ def activation_class(name: str | type[nn.Module]) -> type[nn.Module]:
     return name
 
 
+def _make_activation(cls: type[nn.Module]) -> nn.Module:
+    # ReLU's backward needs only its output, and Linear/LayerNorm do not keep theirs: in place is
+    # safe here and saves one allocation per layer, which is a measurable share of a CPU update.
+    return cls(inplace=True) if cls in (nn.ReLU, nn.LeakyReLU) else cls()
+
+
 class MLP(nn.Sequential):
     """``Linear -> activation -> ... -> Linear``; several inputs are concatenated on the last dim.
 
@@ -55,10 +61,10 @@ class MLP(nn.Sequential):
             layers.append(nn.Linear(n_in, n_out))
             if layer_norm:
                 layers.append(nn.LayerNorm(n_out))
-            layers.append(act())
+            layers.append(_make_activation(act))
         layers.append(nn.Linear(sizes[-1], out_features))
         if activate_last_layer:
-            layers.append(act())
+            layers.append(act())  # not in place: the caller may keep the output
         super().__init__(*layers)
         self.in_features = in_features
         self.out_features = out_features

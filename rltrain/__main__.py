@@ -1,0 +1,124 @@
+"""``python -m rltrain [group=option ...] [key=value ...]``: compose the config, build, train.
+
+A new run writes its resolved ``config.yaml``, ``overrides.yaml`` and ``git_commit.txt`` into the
+run directory before training. ``resume=<run dir>`` reloads that config (plain ``key=value``
+overrides may still change leaves, e.g. a larger ``trainer.total_env_steps``) and the last
+checkpoint, and continues in the same directory.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from rltrain import checkpoint
+from rltrain.errors import ConfigError
+
+OmegaConf.register_new_resolver("rltrain_run_dir", lambda resume, default: resume or default, replace=True)
+OmegaConf.register_new_resolver("rltrain_hydra_subdir", lambda resume: ".hydra_resume" if resume else ".hydra",
+                                replace=True)
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _write_run_files(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    OmegaConf.save(OmegaConf.create(overrides), run_dir / "overrides.yaml")
+    (run_dir / "git_commit.txt").write_text(_git_commit() + "\n")
+
+
+_ABSENT = object()
+
+
+def _resume_config(run_dir: Path, overrides: list[str]) -> DictConfig:
+    """The saved config of ``run_dir`` with plain ``key=value`` overrides applied to existing leaves."""
+    if not (run_dir / "checkpoints" / "last.pt").exists():
+        raise ConfigError(f"resume={run_dir}: no checkpoint at {run_dir / 'checkpoints' / 'last.pt'}. Pass the "
+                          "directory of an earlier run (it holds config.yaml and checkpoints/last.pt).")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    OmegaConf.set_struct(cfg, True)
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        node = OmegaConf.select(cfg, key, default=_ABSENT) if sep and key[:1] not in "+~" else _ABSENT
+        if node is _ABSENT or isinstance(node, DictConfig):
+            raise ConfigError(f"resume: cannot apply {override!r}. A resumed run keeps its config and groups; "
+                              "only existing leaf values may change (e.g. trainer.total_env_steps=50000)")
+        OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"value={value}"]).value, merge=False)
+    cfg.resume = str(run_dir)
+    return cfg
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
+    """Build everything from ``cfg`` and train; returns the summary."""
+    from rltrain.build import build_trainer
+    from rltrain.envs import seed_everything
+
+    state = None
+    if cfg.resume:
+        cfg = _resume_config(run_dir, [o for o in overrides if not o.startswith("resume=")])
+        state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    if cfg.torch_threads:
+        torch.set_num_threads(int(cfg.torch_threads))
+    seed_everything(cfg.seed)
+    wandb_id = state["loggers"]["wandb_run_id"] if state else None
+    trainer = build_trainer(cfg, run_dir, wandb_run_id=wandb_id,
+                            initial_step=state["counters"]["env_steps"] if state else 0)
+    if state is None:
+        _write_run_files(cfg, run_dir, overrides)
+    else:
+        trainer.load_state_dict(state)
+        trainer.loggers.csv.truncate_after(trainer.env_steps)
+    exit_code = 1
+    try:
+        summary = trainer.fit()
+        trainer.loggers.summary(summary)
+        exit_code = 0
+    finally:
+        trainer.loggers.close(exit_code)
+    return summary
+
+
+def _print_summary(summary: dict) -> None:
+    ret, std = summary["final_eval_return"], summary["final_eval_return_std"]
+    final = "n/a" if ret is None else f"{ret:.2f} ± {std:.2f}"
+    print(f"\nrltrain finished: final eval return {final} | env steps {summary['env_steps']} | "
+          f"updates {summary['updates']} | time {summary['time_s']:.1f}s\nrun dir: {summary['run_dir']}")
+
+
+@hydra.main(version_base="1.3", config_path="pkg://rltrain.configs", config_name="config")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    try:
+        summary = run(cfg, run_dir, overrides)
+    except ConfigError as err:
+        print(f"rltrain: error: {err}", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise
+        sys.exit(2)
+    _print_summary(summary)
+    return summary["final_eval_return"]
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

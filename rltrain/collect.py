@@ -1,0 +1,109 @@
+"""Online collection: a policy steps a vector env and yields transition TensorDicts.
+
+Each call to :meth:`Collector.step` advances every env once and returns the valid transitions as a
+TensorDict with the keys of DESIGN.md's data contract. A sub-env that ended its episode on the
+previous step is being auto-reset on this one (gymnasium's NEXT_STEP mode); its step is dropped,
+so no transition spans an episode boundary. Terminated and truncated stay separate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tensordict import TensorDict
+
+
+class Collector:
+    """Step ``envs`` with ``policy`` (obs tensor ``[n, obs]`` -> action tensor ``[n, act]``).
+
+    Args:
+        envs: a gymnasium vector env in NEXT_STEP autoreset mode.
+        policy: exploration policy on plain tensors, called without gradient.
+        device: where observations are put before calling the policy.
+        seed: seeds the warm-up random actions and the first reset.
+    """
+
+    def __init__(self, envs: gym.vector.VectorEnv, policy: Callable[[torch.Tensor], torch.Tensor],
+                 device: torch.device, seed: int):
+        self.envs = envs
+        self.policy = policy
+        self.device = device
+        self.num_envs = envs.num_envs
+        space = envs.single_action_space
+        self._discrete = isinstance(space, gym.spaces.Discrete)
+        self._low, self._high = (None, None) if self._discrete else (space.low, space.high)
+        self.rng = np.random.default_rng(seed)
+        self.finished_episodes: list[tuple[float, int]] = []
+        self.reset(seed)
+
+    def reset(self, seed: int) -> None:
+        """Start fresh episodes in every env (seeded ``seed, seed+1, ...``)."""
+        self._obs, _ = self.envs.reset(seed=seed)
+        self._autoresetting = np.zeros(self.num_envs, dtype=bool)
+        self._episode_return = np.zeros(self.num_envs)
+        self._episode_length = np.zeros(self.num_envs, dtype=np.int64)
+
+    def _random_actions(self) -> np.ndarray:
+        if self._discrete:
+            return self.rng.integers(self.envs.single_action_space.n, size=self.num_envs)
+        return self.rng.uniform(self._low, self._high, size=(self.num_envs, *self._low.shape)).astype(np.float32)
+
+    @torch.no_grad()
+    def _policy_actions(self) -> np.ndarray:
+        obs = torch.as_tensor(self._obs, dtype=torch.float32, device=self.device)
+        return self.policy(obs).cpu().numpy()
+
+    def step(self, random: bool = False, end_episodes: bool = False) -> TensorDict:
+        """Step all envs once; return the valid transitions.
+
+        Args:
+            random: act uniformly at random (warm-up) instead of with the policy.
+            end_episodes: mark this step truncated in every env and start new episodes afterwards
+                (the caller then calls :meth:`reset`); used at checkpoint boundaries.
+        """
+        actions = self._random_actions() if random else self._policy_actions()
+        next_obs, reward, terminated, truncated, _ = self.envs.step(actions)
+        if end_episodes:
+            truncated = np.ones_like(truncated)
+        valid = ~self._autoresetting
+        self._record_episodes(reward, terminated | truncated, valid, count_unfinished=not end_episodes)
+        transitions = self._transitions(self._obs, actions, next_obs, reward, terminated, truncated, valid)
+        self._obs = next_obs
+        self._autoresetting = terminated | truncated
+        return transitions
+
+    def _record_episodes(self, reward, done, valid, count_unfinished: bool) -> None:
+        self._episode_return += np.where(valid, reward, 0.0)
+        self._episode_length += valid
+        # An episode cut by end_episodes is not a real episode: its return is not reported.
+        for i in np.flatnonzero(done & valid & count_unfinished):
+            self.finished_episodes.append((float(self._episode_return[i]), int(self._episode_length[i])))
+        self._episode_return[done] = 0.0
+        self._episode_length[done] = 0
+
+    def _transitions(self, obs, actions, next_obs, reward, terminated, truncated, valid) -> TensorDict:
+        def column(x, dtype):
+            return torch.as_tensor(np.asarray(x)[valid], dtype=dtype)
+
+        action_dtype = torch.long if self._discrete else torch.float32
+        terminated_t = column(terminated, torch.bool).unsqueeze(-1)
+        truncated_t = column(truncated, torch.bool).unsqueeze(-1)
+        return TensorDict({
+            "observation": column(obs, torch.float32),
+            "action": column(actions, action_dtype),
+            "next": {
+                "observation": column(next_obs, torch.float32),
+                "reward": column(reward, torch.float32).unsqueeze(-1),
+                "terminated": terminated_t,
+                "truncated": truncated_t,
+                "done": terminated_t | truncated_t,
+            },
+        }, batch_size=[int(valid.sum())])
+
+    def pop_finished_episodes(self) -> list[tuple[float, int]]:
+        """``(return, length)`` of the episodes finished since the last call."""
+        finished, self.finished_episodes = self.finished_episodes, []
+        return finished

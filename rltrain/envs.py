@@ -1,0 +1,70 @@
+"""Gymnasium environments: validation, single/vector factories, spaces -> specs, seeding.
+
+Training runs on a ``SyncVectorEnv`` (``num_envs >= 1``) in gymnasium's ``NEXT_STEP`` autoreset
+mode: after an episode ends, the env's *next* ``step`` ignores its action and returns the first
+observation of a new episode. The collector drops that step, so no stored transition spans an
+episode boundary.
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rltrain.errors import ConfigError
+from rltrain.modules.specs import Bounded, Categorical, spec_from_space
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise :class:`ConfigError` naming close matches if ``env_id`` is not registered."""
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ConfigError(f"unknown gymnasium environment id {env_id!r}.{hint} "
+                      "Set env.id to a registered id (see gymnasium.pprint_registry()) or pick env=<name> "
+                      "from configs/env/.")
+
+
+def make_env(env_id: str, max_episode_steps: int | None = None, **kwargs) -> gym.Env:
+    check_env_id(env_id)
+    try:
+        return gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
+    except gym.error.Error as err:
+        raise ConfigError(f"could not create environment {env_id!r}: {err}") from err
+
+
+def make_vector_env(env_id: str, num_envs: int = 1, max_episode_steps: int | None = None,
+                    **kwargs) -> gym.vector.SyncVectorEnv:
+    """``num_envs`` copies of ``env_id`` stepped in this process, NEXT_STEP autoreset."""
+    if num_envs < 1:
+        raise ConfigError(f"env.num_envs must be >= 1, got {num_envs}")
+    first = make_env(env_id, max_episode_steps, **kwargs)  # validates once, with a clear error
+    fns = [lambda: first] + [lambda: gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
+                             for _ in range(num_envs - 1)]
+    return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+
+
+def env_specs(env: gym.Env | gym.vector.VectorEnv) -> tuple[Bounded, Bounded | Categorical]:
+    """Observation and action specs of a single env (or of one env of a vector env)."""
+    obs_space = getattr(env, "single_observation_space", env.observation_space)
+    act_space = getattr(env, "single_action_space", env.action_space)
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise ConfigError(f"rltrain's MLP networks need a flat Box observation space, got {obs_space}")
+    return spec_from_space(obs_space), spec_from_space(act_space)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 32-bit seed determined by ``parts`` (e.g. run seed, env step, purpose)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])

@@ -1,0 +1,198 @@
+"""Where metrics go: CSV files (always), the console, and optionally W&B or TensorBoard.
+
+Every logger receives two streams: ``train`` (loss terms and throughput, every ``log_every`` env
+steps) and ``eval`` (evaluation returns). Both carry ``env_step`` and ``update`` so curves can be
+drawn against either; online runs plot against env steps (the SB3 / CleanRL convention).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+Metrics = dict[str, float | int]
+
+
+class CSVLogger:
+    """``metrics.csv`` (train) and ``eval.csv`` in the run directory.
+
+    The header grows if a later row brings a new column (the file is rewritten once then).
+    :meth:`truncate_after` drops rows past a checkpoint's step when a run resumes.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.paths = {"train": Path(run_dir) / "metrics.csv", "eval": Path(run_dir) / "eval.csv"}
+        self._columns: dict[str, list[str]] = {}
+        for stream, path in self.paths.items():
+            if path.exists():
+                with path.open(newline="") as f:
+                    self._columns[stream] = next(csv.reader(f), [])
+
+    def log(self, stream: str, metrics: Metrics) -> None:
+        path = self.paths[stream]
+        columns = self._columns.get(stream)
+        if columns is None or not set(metrics) <= set(columns):
+            rows = self._read(stream)
+            columns = list(dict.fromkeys([*(columns or []), *metrics]))
+            self._columns[stream] = columns
+            self._write(path, columns, rows)
+        with path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=columns).writerow(metrics)
+
+    def _read(self, stream: str) -> list[dict[str, str]]:
+        path = self.paths[stream]
+        if not path.exists():
+            return []
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    @staticmethod
+    def _write(path: Path, columns: list[str], rows: list[dict]) -> None:
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+
+    def truncate_after(self, env_step: int) -> None:
+        """Drop rows logged after ``env_step`` (they belong to the interrupted part of a run)."""
+        for stream, path in self.paths.items():
+            if path.exists():
+                rows = [r for r in self._read(stream) if int(float(r["env_step"])) <= env_step]
+                self._write(path, self._columns[stream], rows)
+
+
+class WandbLogger:
+    """Weights & Biases. Offline mode unless an API key is configured (or ``mode`` says otherwise).
+
+    Metrics are logged as ``train/*`` and ``eval/*`` against ``train/env_step`` (W&B's own step must
+    be monotonic, so it is not used as the x-axis).
+    """
+
+    def __init__(self, run_dir: Path, config: dict, *, project: str, entity: str | None, group: str | None,
+                 name: str | None, tags: list[str] | None, mode: str | None, run_id: str | None = None):
+        import wandb
+
+        self._wandb = wandb
+        mode = mode or ("online" if _wandb_has_api_key() else "offline")
+        self.run = wandb.init(
+            project=project, entity=entity, group=group, name=name, tags=tags, config=config, mode=mode,
+            dir=str(run_dir), id=run_id, resume="allow" if run_id else None, reinit="create_new",
+            settings=wandb.Settings(start_method="thread", console="off"),
+        )
+        self.run.define_metric("train/env_step")
+        self.run.define_metric("train/*", step_metric="train/env_step")
+        self.run.define_metric("eval/*", step_metric="train/env_step")
+
+    @property
+    def run_id(self) -> str:
+        return self.run.id
+
+    def log(self, stream: str, metrics: Metrics) -> None:
+        payload = {f"{stream}/{k}": v for k, v in metrics.items()}
+        payload["train/env_step"] = metrics["env_step"]
+        self.run.log(payload)
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        self.run.summary.update(summary)
+
+    def close(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)
+
+
+def _wandb_has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+class TensorboardLogger:
+    """TensorBoard event files under ``<run_dir>/tensorboard``, x-axis = env steps."""
+
+    def __init__(self, run_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def log(self, stream: str, metrics: Metrics) -> None:
+        step = int(metrics["env_step"])
+        for key, value in metrics.items():
+            if key != "env_step":
+                self.writer.add_scalar(f"{stream}/{key}", value, step)
+
+    def close(self, exit_code: int = 0) -> None:
+        self.writer.close()
+
+
+class ConsoleProgress:
+    """A live progress bar (env steps, updates/s, latest eval return) on a terminal; on a pipe or
+    file, one plain line per evaluation instead."""
+
+    def __init__(self, total_env_steps: int, initial: int = 0, enabled: bool = True):
+        self.interactive = enabled and sys.stderr.isatty()
+        self.enabled = enabled
+        self.bar = tqdm(total=total_env_steps, initial=initial, unit="step", dynamic_ncols=True,
+                        disable=not self.interactive, smoothing=0.05)
+        self._postfix: dict[str, str] = {}
+
+    def advance(self, env_step: int) -> None:
+        if self.interactive:
+            self.bar.update(env_step - self.bar.n)
+
+    def train(self, metrics: Metrics) -> None:
+        self._postfix["upd/s"] = f"{metrics.get('updates_per_s', 0.0):.0f}"
+        if self.interactive:
+            self.bar.set_postfix(self._postfix, refresh=False)
+
+    def eval(self, metrics: Metrics) -> None:
+        self._postfix["eval"] = f"{metrics['return_mean']:.1f}"
+        if self.interactive:
+            self.bar.set_postfix(self._postfix)
+        elif self.enabled:
+            print(f"[rltrain] env_step={metrics['env_step']} update={metrics['update']} "
+                  f"eval_return={metrics['return_mean']:.2f} ± {metrics['return_std']:.2f} "
+                  f"upd/s={self._postfix.get('upd/s', '-')}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class Loggers:
+    """Fan-out to the CSV logger, the console and the optional backends."""
+
+    def __init__(self, csv_logger: CSVLogger, console: ConsoleProgress, backends: list):
+        self.csv = csv_logger
+        self.console = console
+        self.backends = backends
+
+    def log_train(self, metrics: Metrics) -> None:
+        self.csv.log("train", metrics)
+        self.console.train(metrics)
+        for backend in self.backends:
+            backend.log("train", metrics)
+
+    def log_eval(self, metrics: Metrics) -> None:
+        self.csv.log("eval", metrics)
+        self.console.eval(metrics)
+        for backend in self.backends:
+            backend.log("eval", metrics)
+
+    def state_dict(self) -> dict:
+        return {"wandb_run_id": next((b.run_id for b in self.backends if isinstance(b, WandbLogger)), None)}
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        for backend in self.backends:
+            if hasattr(backend, "summary"):
+                backend.summary(summary)
+
+    def close(self, exit_code: int = 0) -> None:
+        self.console.close()
+        for backend in self.backends:
+            backend.close(exit_code)
