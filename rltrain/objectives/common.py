@@ -62,8 +62,12 @@ def distance_loss(x: torch.Tensor, y: torch.Tensor, loss_function: str) -> torch
 
 def td0_target(reward: torch.Tensor, terminated: torch.Tensor, next_value: torch.Tensor,
                gamma: float | torch.Tensor) -> torch.Tensor:
-    """``r + gamma * (1 - terminated) * V(s')``; truncated steps bootstrap."""
-    return reward + gamma * (~terminated).to(reward.dtype) * next_value
+    """``r + gamma * (1 - terminated) * V(s')``; truncated steps bootstrap.
+
+    Terminated rows are masked with ``where``, so a non-finite ``V(s')`` there (e.g. a NaN next
+    observation after the end of an episode) does not leak into the target.
+    """
+    return torch.where(terminated.bool(), reward, reward + gamma * next_value)
 
 
 def reduce_loss(loss: torch.Tensor, reduction: str, weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,65 @@
+"""Shared builders for the tests: tiny networks, batches, and the CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+
+from rltrain.modules import MLP, Bounded, NormalParamExtractor, ProbabilisticActor, ValueOperator
+
+# Small networks and budgets keep end-to-end runs to seconds on a 2-core CPU.
+SMALL_NETS = ["network.actor.num_cells=[32,32]", "network.critic.num_cells=[32,32]"]
+
+
+def make_actor(obs_dim: int, act_dim: int, hidden=(16,), low=-1.0, high=1.0) -> ProbabilisticActor:
+    spec = Bounded(torch.full((act_dim,), low), torch.full((act_dim,), high))
+    net = torch.nn.Sequential(MLP(obs_dim, 2 * act_dim, hidden), NormalParamExtractor())
+    return ProbabilisticActor(TensorDictModule(net, ["observation"], ["loc", "scale"]), spec=spec)
+
+
+def make_qvalue(obs_dim: int, act_dim: int, hidden=(16,)) -> ValueOperator:
+    return ValueOperator(MLP(obs_dim + act_dim, 1, hidden), in_keys=["observation", "action"])
+
+
+def make_value(obs_dim: int, hidden=(16,)) -> ValueOperator:
+    return ValueOperator(MLP(obs_dim, 1, hidden), in_keys=["observation"])
+
+
+def make_batch(batch: int, obs_dim: int, act_dim: int, seed: int = 0, terminated_every: int = 3) -> TensorDict:
+    g = torch.Generator().manual_seed(seed)
+    terminated = (torch.arange(batch) % terminated_every == 0).unsqueeze(-1)
+    truncated = (torch.arange(batch) % 5 == 1).unsqueeze(-1)
+    return TensorDict({
+        "observation": torch.randn(batch, obs_dim, generator=g),
+        "action": torch.rand(batch, act_dim, generator=g) * 1.8 - 0.9,
+        "next": {
+            "observation": torch.randn(batch, obs_dim, generator=g),
+            "reward": torch.randn(batch, 1, generator=g),
+            "terminated": terminated,
+            "truncated": truncated,
+            "done": terminated | truncated,
+        },
+    }, batch_size=[batch])
+
+
+def run_cli(args: list[str], run_root: Path, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m rltrain <args>`` in a subprocess, runs under ``run_root``, W&B disabled."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "rltrain", *args, f"run_root={run_root}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def only_run_dir(root: Path) -> Path:
+    dirs = [p.parent for p in root.rglob("config.yaml") if p.parent.name != ".hydra"]
+    assert len(dirs) == 1, f"expected one run directory under {root}, found {dirs}"
+    return dirs[0]
+
