@@ -192,7 +192,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None = Non
     config = trainer_config(cfg)
     return Trainer(
         objective=objective, updater=updater, groups=groups,
-        buffer=ReplayBuffer(min(config.buffer_size, config.total_env_steps), device, seed=cfg.seed),
+        buffer=ReplayBuffer(config.buffer_size, device, seed=cfg.seed),
         collector=collector, eval_envs=eval_envs,
         eval_policy=lambda obs: actor.act(obs, deterministic=True),
         loggers=build_loggers(cfg, run_dir, wandb_run_id, initial_step), run_dir=run_dir,

@@ -84,7 +84,7 @@ class WandbLogger:
         self.run = wandb.init(
             project=project, entity=entity, group=group, name=name, tags=tags, config=config, mode=mode,
             dir=str(run_dir), id=run_id, resume="allow" if run_id else None, reinit="create_new",
-            settings=wandb.Settings(start_method="thread", console="off"),
+            settings=wandb.Settings(console="off"),
         )
         self.run.define_metric("train/env_step")
         self.run.define_metric("train/*", step_metric="train/env_step")

@@ -178,7 +178,7 @@ class Trainer:
         return self.summary()
 
     def _run_owed_updates(self, num_envs: int) -> None:
-        if self.env_steps < self.config.learning_starts or len(self.buffer) < self.config.batch_size:
+        if self.env_steps <= self.config.learning_starts or len(self.buffer) < self.config.batch_size:
             return
         self._owed_updates += self.config.updates_per_step * num_envs
         while self._owed_updates >= 1.0:

@@ -48,9 +48,12 @@ def make_batch(batch: int, obs_dim: int, act_dim: int, seed: int = 0, terminated
     }, batch_size=[batch])
 
 
-def run_cli(args: list[str], run_root: Path, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m rltrain <args>`` in a subprocess, runs under ``run_root``, W&B disabled."""
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+def run_cli(args: list[str], run_root: Path, timeout: float = 600, check: bool = True,
+            env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    """``python -m rltrain <args>`` in a subprocess, runs under ``run_root``, W&B disabled unless
+    ``env`` says otherwise (a ``None`` value unsets a variable)."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})}
+    env = {k: v for k, v in env.items() if v is not None}
     cmd = [sys.executable, "-m", "rltrain", *args, f"run_root={run_root}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
