@@ -8,6 +8,8 @@ problem and the accepted values.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,8 +22,12 @@ from rltrain.data.replay import ReplayBuffer
 from rltrain.envs import check_env_id, env_specs, make_vector_env
 from rltrain.errors import ConfigError
 from rltrain.loggers import ConsoleProgress, CSVLogger, Loggers, TensorboardLogger, WandbLogger
-from rltrain.modules import MLP, Bounded, NormalParamExtractor, ProbabilisticActor, ValueOperator
-from rltrain.objectives import LossModule, get_objective, registered_objectives
+from rltrain.exploration import EpsilonGreedy, GaussianNoise, OrnsteinUhlenbeckNoise
+from rltrain.modules import (
+    BRNMLP, MLP, Actor, Bounded, Categorical, DistributionalQValueActor, NormalParamExtractor, ProbabilisticActor,
+    QValueActor, ScaledTanh, ValueOperator,
+)
+from rltrain.objectives import LossModule, get_objective
 from rltrain.trainer import OptimizerGroup, Trainer, TrainerConfig
 from rltrain.updaters import UPDATERS
 
@@ -39,54 +45,147 @@ def resolve_device(name: str) -> torch.device:
 
 # ---- networks ----------------------------------------------------------------------------------
 
+def _mlp(n_in: int, n_out: int, cfg: DictConfig) -> MLP:
+    return MLP(n_in, n_out, cfg.num_cells, cfg.activation, cfg.layer_norm)
+
+
 def build_stochastic_actor(obs_dim: int, action_spec: Bounded, cfg: DictConfig) -> ProbabilisticActor:
     """MLP -> (loc, scale) -> TanhNormal on the action bounds."""
-    net = nn.Sequential(
-        MLP(obs_dim, 2 * action_spec.dim, cfg.num_cells, cfg.activation, cfg.layer_norm),
-        NormalParamExtractor(cfg.scale_mapping, cfg.scale_lb),
-    )
+    net = nn.Sequential(_mlp(obs_dim, 2 * action_spec.dim, cfg), NormalParamExtractor(cfg.scale_mapping, cfg.scale_lb))
     module = TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"])
     return ProbabilisticActor(module, in_keys=["loc", "scale"], spec=action_spec)
 
 
+def build_deterministic_actor(obs_dim: int, action_spec: Bounded, cfg: DictConfig) -> Actor:
+    """MLP -> tanh mapped onto the action bounds."""
+    net = nn.Sequential(_mlp(obs_dim, action_spec.dim, cfg), ScaledTanh(action_spec.low, action_spec.high))
+    return Actor(net, in_keys=["observation"], spec=action_spec)
+
+
 def build_qvalue(obs_dim: int, action_spec: Bounded, cfg: DictConfig) -> ValueOperator:
-    net = MLP(obs_dim + action_spec.dim, 1, cfg.num_cells, cfg.activation, cfg.layer_norm)
+    return ValueOperator(_mlp(obs_dim + action_spec.dim, 1, cfg), in_keys=["observation", "action"])
+
+
+def build_crossq_critic(obs_dim: int, action_spec: Bounded, cfg: DictConfig) -> ValueOperator:
+    """CrossQ's critic: Batch Renormalization on the input and after every hidden layer."""
+    brn = OmegaConf.to_container(cfg.batch_renorm, resolve=True)
+    net = BRNMLP(obs_dim + action_spec.dim, 1, tuple(cfg.num_cells), cfg.activation, **brn)
     return ValueOperator(net, in_keys=["observation", "action"])
 
 
 def build_state_value(obs_dim: int, cfg: DictConfig) -> ValueOperator:
-    return ValueOperator(MLP(obs_dim, 1, cfg.num_cells, cfg.activation, cfg.layer_norm), in_keys=["observation"])
+    return ValueOperator(_mlp(obs_dim, 1, cfg), in_keys=["observation"])
 
 
-def _require_continuous(algo: str, env_id: str, action_spec) -> Bounded:
-    if not isinstance(action_spec, Bounded):
-        raise ConfigError(f"algo={algo} needs a continuous (Box) action space, but {env_id} has a discrete "
-                          f"one ({action_spec}). Pick a continuous-action env, e.g. env=pendulum or "
-                          "env=halfcheetah.")
-    return action_spec
+# ---- objectives and their policies ---------------------------------------------------------------------
+
+@dataclass
+class Agent:
+    """An objective and the policies the Trainer acts with."""
+
+    objective: LossModule
+    behaviour: Callable[[torch.Tensor], torch.Tensor]  # collection (a sample, or the greedy action)
+    greedy: Callable[[torch.Tensor], torch.Tensor]     # evaluation (deterministic)
+    exploration: object | None = None
 
 
-def build_sac_objective(cfg: DictConfig, obs_spec: Bounded, action_spec) -> LossModule:
-    action_spec = _require_continuous(cfg.algo.name, cfg.env.id, action_spec)
-    obs_dim = obs_spec.dim
-    actor = build_stochastic_actor(obs_dim, action_spec, cfg.network.actor)
-    qvalue = build_qvalue(obs_dim, action_spec, cfg.network.critic)
-    value = build_state_value(obs_dim, cfg.network.critic) if cfg.algo.value_network else None
-    loss_kwargs = OmegaConf.to_container(cfg.algo.loss, resolve=True)
-    return get_objective("sac")(actor, qvalue, value, action_spec=action_spec, **loss_kwargs)
+def _loss_kwargs(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg.algo.loss, resolve=True)
 
 
-OBJECTIVE_BUILDERS = {"sac": build_sac_objective}
-
-
-def build_objective(cfg: DictConfig, obs_spec, action_spec) -> LossModule:
+def stochastic_agent(cfg: DictConfig, obs_dim: int, action_spec: Bounded) -> Agent:
+    """SAC, REDQ, CrossQ: a TanhNormal actor; collection samples it, evaluation takes its mode."""
     name = cfg.algo.objective
-    if name not in OBJECTIVE_BUILDERS:
-        raise ConfigError(f"unknown objective {name!r} in algo.objective; registered: {registered_objectives()}")
+    actor = build_stochastic_actor(obs_dim, action_spec, cfg.network.actor)
+    if name == "crossq":
+        qvalue = build_crossq_critic(obs_dim, action_spec, cfg.network.critic)
+    else:
+        qvalue = build_qvalue(obs_dim, action_spec, cfg.network.critic)
+    args = [actor, qvalue]
+    if name == "sac" and cfg.algo.value_network:
+        args.append(build_state_value(obs_dim, cfg.network.critic))
+    objective = get_objective(name)(*args, action_spec=action_spec, **_loss_kwargs(cfg))
+    return Agent(objective, lambda obs: actor.act(obs, deterministic=False),
+                 lambda obs: actor.act(obs, deterministic=True))
+
+
+def deterministic_agent(cfg: DictConfig, obs_dim: int, action_spec: Bounded) -> Agent:
+    """TD3, DDPG: a deterministic actor plus exploration noise during collection."""
+    name = cfg.algo.objective
+    actor = build_deterministic_actor(obs_dim, action_spec, cfg.network.actor)
+    critic = build_qvalue(obs_dim, action_spec, cfg.network.critic)
+    extra = {"action_spec": action_spec} if name == "td3" else {}
+    objective = get_objective(name)(actor, critic, **extra, **_loss_kwargs(cfg))
+    greedy = lambda obs: actor.act(obs)  # noqa: E731
+    return Agent(objective, greedy, greedy, build_exploration(cfg, action_spec))
+
+
+def qvalue_agent(cfg: DictConfig, obs_dim: int, action_spec: Categorical) -> Agent:
+    """DQN, C51: a Q-value actor acting greedily, epsilon-greedy during collection."""
+    name, n = cfg.algo.objective, action_spec.n
+    if name == "c51":
+        support = cfg.algo.support
+        if support.vmin >= support.vmax:
+            raise ConfigError(f"algo.support needs vmin < vmax, got vmin={support.vmin}, vmax={support.vmax}")
+        atoms = torch.linspace(support.vmin, support.vmax, support.n_atoms)
+        actor = DistributionalQValueActor(_mlp(obs_dim, n * support.n_atoms, cfg.network.critic), support=atoms,
+                                          action_space="categorical")
+        objective = get_objective(name)(actor, gamma=cfg.algo.gamma, **_loss_kwargs(cfg))
+    else:
+        actor = QValueActor(_mlp(obs_dim, n, cfg.network.critic), action_space="categorical")
+        objective = get_objective(name)(actor, action_space="categorical", **_loss_kwargs(cfg))
+    greedy = lambda obs: actor.act(obs)  # noqa: E731
+    return Agent(objective, greedy, greedy, build_exploration(cfg, action_spec))
+
+
+# objective name -> (agent builder, needs a continuous action space)
+AGENT_BUILDERS: dict[str, tuple[Callable[..., Agent], bool]] = {
+    "sac": (stochastic_agent, True), "redq": (stochastic_agent, True), "crossq": (stochastic_agent, True),
+    "td3": (deterministic_agent, True), "ddpg": (deterministic_agent, True),
+    "dqn": (qvalue_agent, False), "c51": (qvalue_agent, False),
+}
+
+
+def build_exploration(cfg: DictConfig, action_spec):
+    explore = cfg.algo.get("exploration")
+    if explore is None:
+        return None
+    kind = explore.type
+    kwargs = {k: v for k, v in explore.items() if k != "type"}
+    if kind == "egreedy":
+        if not isinstance(action_spec, Categorical):
+            raise ConfigError("algo.exploration.type=egreedy needs a discrete action space; use gaussian or ou")
+        return EpsilonGreedy(action_spec.n, **kwargs)
+    if kind not in ("gaussian", "ou"):
+        raise ConfigError(f"unknown algo.exploration.type {kind!r}; accepted: gaussian, ou, egreedy or null")
+    if not isinstance(action_spec, Bounded):
+        raise ConfigError(f"algo.exploration.type={kind} needs a continuous action space; use egreedy")
+    if kind == "ou":
+        return OrnsteinUhlenbeckNoise(action_spec, cfg.env.num_envs, **kwargs)
+    return GaussianNoise(action_spec, **kwargs)
+
+
+def build_agent(cfg: DictConfig, obs_spec: Bounded, action_spec) -> Agent:
+    name = cfg.algo.objective
+    if name not in AGENT_BUILDERS:
+        raise ConfigError(f"unknown objective {name!r} in algo.objective; accepted: {sorted(AGENT_BUILDERS)}")
     _check_loss_kwargs(name, cfg.algo.loss)
-    objective = OBJECTIVE_BUILDERS[name](cfg, obs_spec, action_spec)
-    objective.make_value_estimator(gamma=cfg.algo.gamma)
-    return objective
+    builder, continuous = AGENT_BUILDERS[name]
+    if continuous and not isinstance(action_spec, Bounded):
+        raise ConfigError(f"algo={cfg.algo.name} needs a continuous (Box) action space, but {cfg.env.id} has a "
+                          f"discrete one ({action_spec}). Pick a continuous-action env (env=pendulum, "
+                          "env=halfcheetah, ...) or a discrete algorithm (algo=dqn, algo=c51).")
+    if not continuous and not isinstance(action_spec, Categorical):
+        raise ConfigError(f"algo={cfg.algo.name} needs a discrete action space, but {cfg.env.id} has a continuous "
+                          f"one. Pick a discrete env (env=cartpole, env=acrobot, ...) or a continuous algorithm "
+                          "(algo=sac, algo=td3, ...).")
+    try:
+        agent = builder(cfg, obs_spec.dim, action_spec)
+    except (ValueError, TypeError) as err:  # the objective's own argument checks
+        raise ConfigError(f"algo={cfg.algo.name}: {err}") from err
+    if name != "c51":
+        agent.objective.make_value_estimator(gamma=cfg.algo.gamma)
+    return agent
 
 
 def _check_loss_kwargs(name: str, loss_cfg: DictConfig) -> None:
@@ -163,6 +262,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key} must be >= 1, got {t[key]}")
     if t.updates_per_step <= 0:
         raise ConfigError(f"trainer.updates_per_step must be > 0, got {t.updates_per_step}")
+    if t.train_every < 1:
+        raise ConfigError(f"trainer.train_every must be >= 1, got {t.train_every}")
 
 
 def trainer_config(cfg: DictConfig) -> TrainerConfig:
@@ -170,6 +271,7 @@ def trainer_config(cfg: DictConfig) -> TrainerConfig:
     return TrainerConfig(
         total_env_steps=int(t.total_env_steps), warmup_steps=int(t.warmup_steps),
         learning_starts=int(t.learning_starts), updates_per_step=float(t.updates_per_step),
+        train_every=int(t.train_every),
         batch_size=int(t.batch_size), buffer_size=int(t.buffer_size), eval_every=int(t.eval_every),
         eval_episodes=int(t.eval_episodes), checkpoint_every=int(t.checkpoint_every),
         log_every=int(t.log_every), updater_every=int(cfg.algo.updater_every), seed=int(cfg.seed))
@@ -184,16 +286,16 @@ def build_trainer(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None = Non
     eval_envs = make_vector_env(cfg.env.id, min(cfg.env.eval_num_envs, cfg.trainer.eval_episodes),
                                 cfg.env.max_episode_steps, **env_kwargs)
     obs_spec, action_spec = env_specs(envs)
-    objective = build_objective(cfg, obs_spec, action_spec).to(device)
+    agent = build_agent(cfg, obs_spec, action_spec)
+    objective = agent.objective.to(device)
     updater = build_updater(objective, cfg.algo.updater)
     groups = build_groups(objective, cfg.algo.optim)
-    actor = objective.actor_network
-    collector = Collector(envs, lambda obs: actor.act(obs, deterministic=False), device, seed=cfg.seed)
+    collector = Collector(envs, agent.behaviour, device, seed=cfg.seed, exploration=agent.exploration)
     config = trainer_config(cfg)
     return Trainer(
         objective=objective, updater=updater, groups=groups,
         buffer=ReplayBuffer(config.buffer_size, device, seed=cfg.seed),
         collector=collector, eval_envs=eval_envs,
-        eval_policy=lambda obs: actor.act(obs, deterministic=True),
+        eval_policy=agent.greedy,
         loggers=build_loggers(cfg, run_dir, wandb_run_id, initial_step), run_dir=run_dir,
         config=config, device=device)

@@ -17,19 +17,23 @@ from tensordict import TensorDict
 
 
 class Collector:
-    """Step ``envs`` with ``policy`` (obs tensor ``[n, obs]`` -> action tensor ``[n, act]``).
+    """Step ``envs`` with ``policy`` (obs tensor ``[n, obs]`` -> action tensor ``[n, act]`` or ``[n]``).
 
     Args:
         envs: a gymnasium vector env in NEXT_STEP autoreset mode.
-        policy: exploration policy on plain tensors, called without gradient.
+        policy: the behaviour policy on plain tensors (a stochastic policy's sample, or a
+            deterministic/greedy action), called without gradient.
         device: where observations are put before calling the policy.
         seed: seeds the warm-up random actions and the first reset.
+        exploration: optional strategy applied to the policy's action (``explore(action, env_step)``,
+            ``reset(mask)`` for envs that start a new episode), see :mod:`rltrain.exploration`.
     """
 
     def __init__(self, envs: gym.vector.VectorEnv, policy: Callable[[torch.Tensor], torch.Tensor],
-                 device: torch.device, seed: int):
+                 device: torch.device, seed: int, exploration=None):
         self.envs = envs
         self.policy = policy
+        self.exploration = exploration
         self.device = device
         self.num_envs = envs.num_envs
         space = envs.single_action_space
@@ -45,6 +49,8 @@ class Collector:
         self._autoresetting = np.zeros(self.num_envs, dtype=bool)
         self._episode_return = np.zeros(self.num_envs)
         self._episode_length = np.zeros(self.num_envs, dtype=np.int64)
+        if self.exploration is not None:
+            self.exploration.reset(np.ones(self.num_envs, dtype=bool))
 
     def _random_actions(self) -> np.ndarray:
         if self._discrete:
@@ -52,19 +58,23 @@ class Collector:
         return self.rng.uniform(self._low, self._high, size=(self.num_envs, *self._low.shape)).astype(np.float32)
 
     @torch.no_grad()
-    def _policy_actions(self) -> np.ndarray:
+    def _policy_actions(self, env_step: int) -> np.ndarray:
         obs = torch.as_tensor(self._obs, dtype=torch.float32, device=self.device)
-        return self.policy(obs).cpu().numpy()
+        action = self.policy(obs)
+        if self.exploration is not None:
+            action = self.exploration.explore(action, env_step)
+        return action.cpu().numpy()
 
-    def step(self, random: bool = False, end_episodes: bool = False) -> TensorDict:
+    def step(self, random: bool = False, end_episodes: bool = False, env_step: int = 0) -> TensorDict:
         """Step all envs once; return the valid transitions.
 
         Args:
             random: act uniformly at random (warm-up) instead of with the policy.
             end_episodes: mark this step truncated in every env and start new episodes afterwards
                 (the caller then calls :meth:`reset`); used at checkpoint boundaries.
+            env_step: env steps so far, for exploration schedules.
         """
-        actions = self._random_actions() if random else self._policy_actions()
+        actions = self._random_actions() if random else self._policy_actions(env_step)
         next_obs, reward, terminated, truncated, _ = self.envs.step(actions)
         if end_episodes:
             truncated = np.ones_like(truncated)
@@ -73,6 +83,8 @@ class Collector:
         transitions = self._transitions(self._obs, actions, next_obs, reward, terminated, truncated, valid)
         self._obs = next_obs
         self._autoresetting = terminated | truncated
+        if self.exploration is not None and self._autoresetting.any():
+            self.exploration.reset(self._autoresetting)
         return transitions
 
     def _record_episodes(self, reward, done, valid, count_unfinished: bool) -> None:

@@ -2,7 +2,8 @@
 
     while env_steps < total:
         collect one vector step (random actions during warm-up) -> replay buffer
-        for each update owed (updates_per_step x envs stepped, after learning_starts):
+        every train_every env steps (after learning_starts), run the updates owed
+        (updates_per_step per env step, all sub-envs counted):
             batch = buffer.sample(batch_size)
             losses = objective(batch)            # all terms, one forward
             sum(losses).backward()               # one backward: the groups are isolated
@@ -53,6 +54,7 @@ class TrainerConfig:
     warmup_steps: int = 1_000
     learning_starts: int = 1_000
     updates_per_step: float = 1.0
+    train_every: int = 1
     batch_size: int = 256
     buffer_size: int = 1_000_000
     eval_every: int = 5_000
@@ -160,10 +162,11 @@ class Trainer:
             before = self.env_steps
             after = before + num_envs
             at_checkpoint = _crossed(before, after, cfg.checkpoint_every) or after >= cfg.total_env_steps
-            transitions = self.collector.step(random=before < cfg.warmup_steps, end_episodes=at_checkpoint)
+            transitions = self.collector.step(random=before < cfg.warmup_steps, end_episodes=at_checkpoint,
+                                              env_step=before)
             self.buffer.extend(transitions)
             self.env_steps = after
-            self._run_owed_updates(num_envs)
+            self._run_owed_updates(before, after)
             self.loggers.console.advance(after)
             self._elapsed = time.perf_counter() - start
             if _crossed(before, after, cfg.eval_every) or after >= cfg.total_env_steps:
@@ -177,10 +180,13 @@ class Trainer:
                 self.save_checkpoint()
         return self.summary()
 
-    def _run_owed_updates(self, num_envs: int) -> None:
-        if self.env_steps <= self.config.learning_starts or len(self.buffer) < self.config.batch_size:
+    def _run_owed_updates(self, before: int, after: int) -> None:
+        """``updates_per_step`` updates per env step, run in bursts every ``train_every`` env steps."""
+        if after <= self.config.learning_starts or len(self.buffer) < self.config.batch_size:
             return
-        self._owed_updates += self.config.updates_per_step * num_envs
+        self._owed_updates += self.config.updates_per_step * (after - before)
+        if not _crossed(before, after, self.config.train_every):
+            return
         while self._owed_updates >= 1.0:
             self.update()
             self._owed_updates -= 1.0

@@ -57,9 +57,14 @@ def test_same_seed_same_metrics(tmp_path):
     assert read_rows(only_run_dir(tmp_path / "c") / "eval.csv") != read_rows(a / "eval.csv")
 
 
-def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
-    args = [*SHORT, "trainer.total_env_steps=3000", "trainer.checkpoint_every=1000", "trainer.eval_every=1000",
-            "seed=7"]
+@pytest.mark.parametrize("algo", [
+    [],  # SAC on Pendulum: soft targets, stochastic policy
+    ["algo=dqn", "env=cartpole", "algo.updater.value_network_update_interval=50",
+     "algo.exploration.annealing_steps=2000"],  # hard-update counter, epsilon-greedy, discrete env
+], ids=["sac", "dqn"])
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path, algo):
+    args = [*SHORT, *algo, "trainer.total_env_steps=3000", "trainer.checkpoint_every=1000",
+            "trainer.eval_every=1000", "trainer.warmup_steps=200", "trainer.learning_starts=200", "seed=7"]
     run_cli(args, tmp_path / "whole")
     whole = only_run_dir(tmp_path / "whole")
 

@@ -1,4 +1,4 @@
-"""Every shipped config composes, and every env config builds a Trainer on the real environment."""
+"""Every shipped config composes and builds a Trainer on the real environment."""
 
 from __future__ import annotations
 
@@ -6,43 +6,82 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
 import rltrain.__main__  # noqa: F401  (registers the resolvers the configs use)
 from rltrain.build import build_trainer
+from rltrain.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ENVS = sorted(p.stem for p in (CONFIGS / "env").glob("*.yaml"))
+ALGOS = sorted(p.stem for p in (CONFIGS / "algo").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 LOGGERS = sorted(p.stem for p in (CONFIGS / "logger").glob("*.yaml"))
+DISCRETE_ENVS = {"cartpole", "acrobot", "mountaincar", "lunarlander"}
+DISCRETE_ALGOS = {"dqn", "c51"}
+SMALL = ["device=cpu", "logger.progress=false", "trainer.eval_episodes=1", "network.critic.num_cells=[16,16]",
+         "network.actor.num_cells=[16,16]"]
 
 
 def compose_config(*overrides: str):
     with initialize_config_module("rltrain.configs", version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    return cfg
+        return compose("config", overrides=list(overrides))
 
 
-def test_the_required_env_configs_exist():
-    assert {"pendulum", "halfcheetah", "hopper", "walker2d", "ant"} <= set(ENVS)
+def build(tmp_path, *overrides: str):
+    trainer = build_trainer(compose_config(*overrides, *SMALL), tmp_path)
+    for _ in range(3):
+        trainer.buffer.extend(trainer.collector.step(random=False))
+    return trainer
+
+
+def test_the_required_configs_exist():
+    assert {"pendulum", "halfcheetah", "hopper", "walker2d", "ant", "cartpole", "acrobot", "mountaincar"} <= set(ENVS)
+    assert {"sac", "td3", "ddpg", "redq", "crossq", "dqn", "c51"} <= set(ALGOS)
 
 
 @pytest.mark.parametrize("env", ENVS)
-def test_env_config_builds_a_trainer(env, tmp_path):
-    cfg = compose_config(f"env={env}", "device=cpu", "logger.progress=false", "trainer.eval_episodes=1")
-    trainer = build_trainer(cfg, tmp_path)
+def test_env_config_builds_and_collects(env, tmp_path):
+    algo = "dqn" if env in DISCRETE_ENVS else "sac"
+    trainer = build(tmp_path, f"env={env}", f"algo={algo}")
     obs_dim = trainer.collector.envs.single_observation_space.shape[0]
-    assert trainer.objective.qvalue_network.weight_0.shape[1] == obs_dim + trainer.collector.envs.single_action_space.shape[0]
-    batch = trainer.collector.step(random=True)
-    assert batch["observation"].shape == (1, obs_dim)
+    assert trainer.buffer.sample(2)["observation"].shape == (2, obs_dim)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_algo_config_builds_and_updates(algo, tmp_path):
+    env = "cartpole" if algo in DISCRETE_ALGOS else "pendulum"
+    trainer = build(tmp_path, f"algo={algo}", f"env={env}", "trainer.batch_size=3")
+    trainer.update()
+    assert trainer.updates == 1
+    assert {g.name for g in trainer.groups} == set(trainer.objective.parameter_groups)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_presets_build(experiment, tmp_path):
+    cfg = compose_config(f"experiment={experiment}")
+    algo, env = experiment.split("_", 1)
+    assert cfg.algo.name == algo and cfg.env.id.lower().startswith(env.replace("walker2d", "walker2d")[:4])
+    build(tmp_path, f"experiment={experiment}")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["algo=dqn", "env=pendulum"], "needs a discrete action space"),
+    (["algo=td3", "env=cartpole"], "needs a continuous (Box) action space"),
+    (["algo=redq", "algo.loss.sub_sample_len=10"], "sub_sample_len"),
+    (["algo=dqn", "env=cartpole", "algo.loss.double_dqn=true", "algo.loss.delay_value=false"], "double_dqn"),
+    (["algo=c51", "env=cartpole", "algo.support.vmin=5", "algo.support.vmax=5"], "vmin < vmax"),
+    (["algo=td3", "algo.exploration.type=egreedy"], "needs a discrete action space"),
+])
+def test_mismatched_or_invalid_algorithm_settings_fail_clearly(overrides, message, tmp_path):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_trainer(compose_config(*overrides, *SMALL), tmp_path)
 
 
 @pytest.mark.parametrize("logger", LOGGERS)
 def test_logger_configs_compose(logger):
-    cfg = compose_config(f"logger={logger}")
-    assert OmegaConf.select(cfg, "logger.backends") is not None
+    assert compose_config(f"logger={logger}").logger.backends is not None
 
 
 def test_sac_v1_config_builds(tmp_path):
-    cfg = compose_config("algo.value_network=true", "device=cpu", "logger.progress=false")
-    trainer = build_trainer(cfg, tmp_path)
+    trainer = build(tmp_path, "algo.value_network=true")
     assert [g.name for g in trainer.groups] == ["actor", "qvalue", "alpha", "value"]

@@ -1,7 +1,14 @@
-"""Learning checks: real training through ``python -m rltrain``, asserting the returns reached."""
+"""Learning checks: real training through ``python -m rltrain``, asserting the returns reached.
+
+Budgets are CI-sized (small networks, short runs on a 2-core CPU). SAC must end at the threshold;
+for the others the issue's criterion is that training *reaches* it: the best deterministic
+evaluation (10 episodes, every few thousand env steps) within the budget. CartPole agents are known
+to oscillate once they solve the task, so a final-only check would test luck, not learning.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -10,12 +17,43 @@ from tests.helpers import only_run_dir, run_cli
 
 pytestmark = pytest.mark.slow
 
+SMALL = ["network.actor.num_cells=[64,64]", "network.critic.num_cells=[64,64]", "logger.progress=false",
+         "trainer.eval_episodes=10"]
+PENDULUM = -250.0
+CARTPOLE = 475.0
+
+CASES = {
+    "td3": ["algo=td3", *SMALL, "trainer.total_env_steps=15000", "trainer.eval_every=2500"],
+    "ddpg": ["algo=ddpg", *SMALL, "trainer.total_env_steps=15000", "trainer.eval_every=2500"],
+    "redq": ["algo=redq", *SMALL, "trainer.updates_per_step=5", "trainer.total_env_steps=4000",
+             "trainer.eval_every=1000"],
+    "crossq": ["algo=crossq", *SMALL, "trainer.total_env_steps=10000", "trainer.eval_every=2500"],
+    "dqn": ["experiment=dqn_cartpole", "algo.loss.double_dqn=true", "logger.progress=false",
+            "trainer.total_env_steps=40000", "trainer.eval_every=5000"],
+    "c51": ["experiment=c51_cartpole", "logger.progress=false", "trainer.total_env_steps=40000",
+            "trainer.eval_every=5000"],
+}
+THRESHOLDS = {"td3": PENDULUM, "ddpg": PENDULUM, "redq": PENDULUM, "crossq": PENDULUM, "dqn": CARTPOLE,
+              "c51": CARTPOLE}
+
+
+def eval_returns(run_dir) -> list[float]:
+    with (run_dir / "eval.csv").open(newline="") as f:
+        return [float(row["return_mean"]) for row in csv.DictReader(f)]
+
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sac_learns_pendulum_within_15k_steps(tmp_path, seed):
-    run_cli([f"seed={seed}", "network.actor.num_cells=[64,64]", "network.critic.num_cells=[64,64]",
-             "trainer.total_env_steps=15000", "trainer.eval_every=5000", "trainer.eval_episodes=10",
-             "logger.progress=false"], tmp_path, timeout=900)
+    run_cli([f"seed={seed}", *SMALL, "trainer.total_env_steps=15000", "trainer.eval_every=5000"], tmp_path,
+            timeout=900)
     summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())
     assert summary["env_steps"] == 15000
-    assert summary["final_eval_return"] >= -250, summary
+    assert summary["final_eval_return"] >= PENDULUM, summary
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("algo", list(CASES))
+def test_algorithm_reaches_its_threshold(tmp_path, algo, seed):
+    run_cli([*CASES[algo], f"seed={seed}"], tmp_path, timeout=900)
+    returns = eval_returns(only_run_dir(tmp_path))
+    assert max(returns) >= THRESHOLDS[algo], f"{algo} seed {seed}: evaluation returns {returns}"

@@ -41,6 +41,18 @@ def test_stacked_mlp_equals_its_members(layer_norm):
         torch.testing.assert_close(out[k], member(per_member[k]))
 
 
+@pytest.mark.parametrize("members", [slice(0, 1), torch.tensor([2, 0])])
+def test_ensembles_evaluate_a_subset_of_members(members):
+    torch.manual_seed(0)
+    members_list = fresh_copies(MLP(4, 1, (8,)), 3)
+    x = torch.randn(5, 4)
+    for ensemble in (StackedMLP(members_list), VmapEnsemble(members_list)):
+        full = ensemble(x)
+        torch.testing.assert_close(ensemble(x, members=members), full[members])
+        per_member = torch.randn(full[members].shape[0], 5, 4)
+        assert ensemble(per_member, per_member=True, members=members).shape == full[members].shape
+
+
 def test_members_are_independent_initialisations_first_keeps_weights():
     torch.manual_seed(0)
     module = MLP(4, 1, (8,))

@@ -101,6 +101,13 @@ def _tanh_normal_by_hand(loc, scale, noise):
     return action, log_prob
 
 
+def _unpack(batch):
+    """obs, action, next obs, reward [B], (1 - terminated) [B] as floats."""
+    reward = batch["next", "reward"].squeeze(-1)
+    not_terminated = 1.0 - batch["next", "terminated"].squeeze(-1).float()
+    return batch["observation"], batch["action"], batch["next", "observation"], reward, not_terminated
+
+
 def test_v2_losses_match_the_spec_formulas():
     torch.manual_seed(1)
     actor = make_actor(OBS, ACT)
@@ -114,9 +121,7 @@ def test_v2_losses_match_the_spec_formulas():
     torch.manual_seed(7)
     noise_next, noise = torch.randn(B, ACT), torch.randn(B, ACT)
     net, alpha, gamma = actor.module.module, 0.5, 0.9
-    obs, act, next_obs = batch["observation"], batch["action"], batch["next", "observation"]
-    reward = batch["next", "reward"].squeeze(-1)
-    not_term = 1.0 - batch["next", "terminated"].squeeze(-1).float()
+    obs, act, next_obs, reward, not_term = _unpack(batch)
 
     def q(module, o, a):
         return module.module(o, a).squeeze(-1)
@@ -150,9 +155,7 @@ def test_v1_losses_match_the_spec_formulas():
     torch.manual_seed(3)
     noise_value, noise_actor = torch.randn(B, ACT), torch.randn(B, ACT)
     net, alpha, gamma = actor.module.module, 0.3, 0.99
-    obs, act, next_obs = batch["observation"], batch["action"], batch["next", "observation"]
-    reward = batch["next", "reward"].squeeze(-1)
-    not_term = 1.0 - batch["next", "terminated"].squeeze(-1).float()
+    obs, act, next_obs, reward, not_term = _unpack(batch)
     with torch.no_grad():
         y = reward + gamma * not_term * value.module(next_obs).squeeze(-1)
         half = B // 2
@@ -161,6 +164,10 @@ def test_v1_losses_match_the_spec_formulas():
         a, lp = _tanh_normal_by_hand(*net(obs), noise_value)
         v_target = torch.min(q1.module(obs, a), q2.module(obs, a)).squeeze(-1) - alpha * lp
         expected_value = ((value.module(obs).squeeze(-1) - v_target) ** 2).mean()
+        new_action, log_prob = _tanh_normal_by_hand(*net(obs), noise_actor)
+        expected_actor = (alpha * log_prob - torch.min(q1.module(obs, new_action), q2.module(obs, new_action))
+                          .squeeze(-1)).mean()
+    torch.testing.assert_close(out["loss_actor"], expected_actor, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["loss_qvalue"], expected_q, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["loss_value"], expected_value, rtol=1e-5, atol=1e-5)
 

@@ -76,6 +76,19 @@ class TanhNormal(D.Distribution):
         return self.mode
 
 
+class ScaledTanh(nn.Module):
+    """``low + (high - low) * (tanh(x) + 1) / 2``: a deterministic actor's output on the action bounds."""
+
+    def __init__(self, low, high):
+        super().__init__()
+        low, high = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
+        self.register_buffer("mid", (high + low) / 2)
+        self.register_buffer("half_range", (high - low) / 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.mid, self.half_range, torch.tanh(x))
+
+
 def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 

@@ -73,33 +73,35 @@ class StackedMLP(nn.Module):
     def stacked_tensors(self) -> list[torch.Tensor]:
         return [getattr(self, name) for name in self._tensor_names]
 
-    def forward(self, *inputs: torch.Tensor, detach: bool = False, per_member: bool = False) -> torch.Tensor:
-        """Evaluate all members. ``inputs`` are concatenated on the last dim.
+    def forward(self, *inputs: torch.Tensor, detach: bool = False, per_member: bool = False,
+                members: slice | torch.Tensor | None = None) -> torch.Tensor:
+        """Evaluate the members; ``inputs`` are concatenated on the last dim.
 
         Args:
             detach: use detached weights (a critic read by the actor loss: no gradient to the critic).
-            per_member: inputs already carry a leading ``K`` dim (one batch per member).
+            per_member: inputs already carry a leading member dim (one batch per evaluated member).
+            members: evaluate only these members (a slice or an index tensor); default all.
         """
+        def read(name: str) -> torch.Tensor:
+            tensor = getattr(self, name)
+            tensor = tensor if members is None else tensor[members]
+            return tensor.detach() if detach else tensor
+
         x = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=-1)
+        count = read("bias_0").shape[0]
         batch_shape = x.shape[1:-1] if per_member else x.shape[:-1]
-        x = x.reshape(self.num_members if per_member else 1, -1, x.shape[-1])
+        x = x.reshape(count if per_member else 1, -1, x.shape[-1])
         if not per_member:
-            x = x.expand(self.num_members, -1, -1)
+            x = x.expand(count, -1, -1)
         for i, (has_norm, act) in enumerate(zip(self.layer_norm, self.activations)):
-            weight, bias = getattr(self, f"weight_{i}"), getattr(self, f"bias_{i}")
-            if detach:
-                weight, bias = weight.detach(), bias.detach()
-            x = torch.baddbmm(bias, x, weight)
+            x = torch.baddbmm(read(f"bias_{i}"), x, read(f"weight_{i}"))
             if has_norm:
-                ln_w, ln_b = getattr(self, f"ln_weight_{i}"), getattr(self, f"ln_bias_{i}")
-                if detach:
-                    ln_w, ln_b = ln_w.detach(), ln_b.detach()
-                x = F.layer_norm(x, x.shape[-1:]) * ln_w + ln_b
+                x = F.layer_norm(x, x.shape[-1:]) * read(f"ln_weight_{i}") + read(f"ln_bias_{i}")
             if isinstance(act, nn.ReLU):
                 x = torch.relu_(x)  # in place: baddbmm/layer_norm outputs are not needed for backward
             elif act is not None:
                 x = act(x)
-        return x.reshape(self.num_members, *batch_shape, x.shape[-1])
+        return x.reshape(count, *batch_shape, x.shape[-1])
 
 
 def _layer_plan(mlp: nn.Sequential) -> list[tuple[bool, nn.Module | None]]:
@@ -165,11 +167,17 @@ class VmapEnsemble(nn.Module):
             getattr(self, f"b{i}") for i in range(len(self._buffer_names))
         ]
 
-    def forward(self, *inputs: torch.Tensor, detach: bool = False, per_member: bool = False) -> torch.Tensor:
-        params = {n: getattr(self, f"p{i}") for i, n in enumerate(self._param_names)}
+    def forward(self, *inputs: torch.Tensor, detach: bool = False, per_member: bool = False,
+                members: slice | torch.Tensor | None = None) -> torch.Tensor:
+        """Same arguments as :meth:`StackedMLP.forward`."""
+        def select(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor if members is None else tensor[members]
+
+        params = {n: select(getattr(self, f"p{i}")) for i, n in enumerate(self._param_names)}
         if detach:
             params = {n: p.detach() for n, p in params.items()}
-        buffers = {n: getattr(self, f"b{i}") for i, n in enumerate(self._buffer_names)}
+        buffers = {n: select(getattr(self, f"b{i}")) for i, n in enumerate(self._buffer_names)}
+        count = next(iter(params.values())).shape[0]
 
         def call(p, b, *xs):
             return torch.func.functional_call(self._base, (p, b), xs)
@@ -178,7 +186,7 @@ class VmapEnsemble(nn.Module):
             return torch.stack([
                 call({n: p[k] for n, p in params.items()}, {n: b[k] for n, b in buffers.items()},
                      *(x[k] if per_member else x for x in inputs))
-                for k in range(self.num_members)
+                for k in range(count)
             ])
         in_dims = (0, 0, *([0 if per_member else None] * len(inputs)))
         return torch.vmap(call, in_dims=in_dims, randomness=self._randomness)(params, buffers, *inputs)

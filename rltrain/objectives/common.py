@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import warnings
 from typing import ClassVar
 
@@ -45,6 +46,18 @@ class ValueEstimators(enum.Enum):
     """Value estimators an off-policy objective can use for its bootstrap target."""
 
     TD0 = "td0"
+
+
+def next_key(key: NestedKey) -> tuple[str, ...]:
+    """The key of ``key`` in the ``"next"`` sub-TensorDict."""
+    return ("next", *((key,) if isinstance(key, str) else key))
+
+
+def critic_inputs(batch: TensorDictBase, in_keys: list[NestedKey], action_key: NestedKey, action: torch.Tensor,
+                  next_state: bool = False) -> list[torch.Tensor]:
+    """A critic's inputs in ``in_keys`` order: ``action`` for the action key, the batch's (next)
+    observations for the others."""
+    return [action if key == action_key else batch.get(next_key(key) if next_state else key) for key in in_keys]
 
 
 def distance_loss(x: torch.Tensor, y: torch.Tensor, loss_function: str) -> torch.Tensor:
@@ -155,6 +168,16 @@ class LossModule(nn.Module):
         steps = batch.get("steps_to_next_obs", None)
         return self.gamma if steps is None else self.gamma ** steps
 
+    def _transition(self, batch: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(reward [*B], terminated [*B] bool, discount)``; terminated falls back to done."""
+        keys = self._tensor_keys
+        reward = batch.get(next_key(keys.reward)).squeeze(-1)
+        terminated = batch.get(next_key(keys.terminated), None)
+        if terminated is None:
+            terminated = batch.get(next_key(keys.done))
+        discount = self._discount(batch)
+        return reward, terminated.squeeze(-1).bool(), discount.squeeze(-1) if discount.dim() > 0 else discount
+
     # ---- reductions -----------------------------------------------------------------------
     def _priority_weight(self, batch: TensorDictBase) -> torch.Tensor | None:
         if self.use_prioritized_weights is False:
@@ -233,3 +256,54 @@ class LossModule(nn.Module):
             warnings.warn(f"{type(self).__name__}: reduction='none' leaves scalar metrics out of the output; "
                           "pass scalar_output_mode='exclude' to silence this", stacklevel=3)
         return False
+
+
+def resolve_target_entropy(target_entropy: str | float, action_spec) -> float:
+    """``"auto"`` -> ``-dim(A)`` (minus the number of action dimensions); a number passes through."""
+    if target_entropy != "auto":
+        return float(target_entropy)
+    if action_spec is None:
+        raise RuntimeError("target_entropy='auto' needs the action spec: pass action_spec= or give the actor a spec")
+    return -float(math.prod(action_spec.shape))
+
+
+class TemperatureMixin:
+    """The entropy temperature of SAC-style objectives: ``alpha = exp(log_alpha)``.
+
+    ``log_alpha`` is a parameter (group ``"alpha"``) or, with ``fixed_alpha``, a buffer. Reading
+    :attr:`_alpha` clamps ``log_alpha`` into ``[log min_alpha, log max_alpha]`` in place and returns
+    alpha without gradient. ``min_alpha`` None or 0 = no lower bound; with only ``min_alpha`` given the
+    upper bound is 1e9.
+    """
+
+    def _init_alpha(self, alpha_init: float, min_alpha: float | None, max_alpha: float | None,
+                    fixed_alpha: bool) -> None:
+        if alpha_init <= 0:
+            raise ValueError(f"alpha_init must be positive, got {alpha_init}")
+        if max_alpha is not None and max_alpha <= 0:
+            raise ValueError(f"max_alpha must be positive or None, got {max_alpha}")
+        if min_alpha is not None and min_alpha < 0:
+            raise ValueError(f"min_alpha must be >= 0 or None, got {min_alpha}")
+        if min_alpha is not None and max_alpha is not None and min_alpha > max_alpha:
+            raise ValueError(f"min_alpha ({min_alpha}) must not exceed max_alpha ({max_alpha})")
+        if min_alpha and max_alpha is None:
+            max_alpha = 1e9
+        self.fixed_alpha = fixed_alpha
+        self.min_log_alpha = math.log(min_alpha) if min_alpha else None
+        self.max_log_alpha = math.log(max_alpha) if max_alpha is not None else None
+        self.register_buffer("alpha_init", torch.tensor(float(alpha_init)))
+        log_alpha = torch.tensor(math.log(alpha_init))
+        if fixed_alpha:
+            self.register_buffer("log_alpha", log_alpha)
+        else:
+            self.log_alpha = nn.Parameter(log_alpha)
+
+    @property
+    def _alpha(self) -> torch.Tensor:
+        """The temperature, without gradient; clamps ``log_alpha`` into its bounds first."""
+        if self.min_log_alpha is not None or self.max_log_alpha is not None:
+            self.log_alpha.data.clamp_(self.min_log_alpha, self.max_log_alpha)
+        return self.log_alpha.detach().exp()
+
+    def _alpha_group(self) -> list[nn.Parameter]:
+        return [] if self.fixed_alpha else [self.log_alpha]

@@ -39,7 +39,6 @@ value -> ``value``, temperature -> ``alpha``. ``R`` is the reduction (``mean`` w
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -47,19 +46,12 @@ from torch import nn
 
 from rltrain.modules.actors import ProbabilisticActor, ValueOperator, call_tensors, default_log_prob_key
 from rltrain.modules.ensemble import make_ensemble
-from rltrain.objectives.common import LossModule, NestedKey, td0_target
+from rltrain.objectives.common import (
+    LossModule, NestedKey, TemperatureMixin, critic_inputs, next_key, resolve_target_entropy, td0_target,
+)
 
 
-def _next(key: NestedKey) -> tuple[str, ...]:
-    return ("next", *((key,) if isinstance(key, str) else key))
-
-
-def auto_target_entropy(action_spec) -> float:
-    """``-dim(A)``: minus the number of action dimensions."""
-    return -float(math.prod(action_spec.shape))
-
-
-class SACLoss(LossModule):
+class SACLoss(TemperatureMixin, LossModule):
     """Soft Actor-Critic objective (v2 without ``value_network``, v1 with it).
 
     Args:
@@ -133,7 +125,6 @@ class SACLoss(LossModule):
         self.skip_done_states = skip_done_states
         self.separate_losses = separate_losses
         self.scalar_output_mode = scalar_output_mode
-        self.fixed_alpha = fixed_alpha
 
         self.actor_network = actor_network
         self.obs_keys = list(actor_network.in_keys)
@@ -154,12 +145,7 @@ class SACLoss(LossModule):
 
         self._init_alpha(alpha_init, min_alpha, max_alpha, fixed_alpha)
         spec = action_spec if action_spec is not None else getattr(actor_network, "spec", None)
-        if target_entropy == "auto":
-            if spec is None:
-                raise RuntimeError("target_entropy='auto' needs the action spec: pass action_spec= or give the "
-                                   "actor a spec")
-            target_entropy = auto_target_entropy(spec)
-        self.register_buffer("target_entropy", torch.tensor(float(target_entropy)))
+        self.register_buffer("target_entropy", torch.tensor(resolve_target_entropy(target_entropy, spec)))
 
     @property
     def loss_groups(self) -> dict[str, str]:
@@ -172,40 +158,15 @@ class SACLoss(LossModule):
         groups = {
             "actor": list(self.actor_network.parameters()),
             "qvalue": list(self.qvalue_network.parameters()),
-            "alpha": [] if self.fixed_alpha else [self.log_alpha],
+            "alpha": self._alpha_group(),
         }
         if self.version == 1:
             groups["value"] = list(self.value_network.parameters())
         return groups
 
-    # ---- temperature ---------------------------------------------------------------------------
-    def _init_alpha(self, alpha_init: float, min_alpha: float | None, max_alpha: float | None,
-                    fixed_alpha: bool) -> None:
-        if max_alpha is not None and max_alpha <= 0:
-            raise ValueError(f"max_alpha must be positive, got {max_alpha}")
-        if min_alpha is not None and max_alpha is None:
-            max_alpha = 1e9
-        self.min_log_alpha = math.log(min_alpha) if min_alpha is not None else None
-        self.max_log_alpha = math.log(max_alpha) if max_alpha is not None else None
-        self.register_buffer("alpha_init", torch.tensor(float(alpha_init)))
-        log_alpha = torch.tensor(math.log(alpha_init))
-        if fixed_alpha:
-            self.register_buffer("log_alpha", log_alpha)
-        else:
-            self.log_alpha = nn.Parameter(log_alpha)
-
-    @property
-    def _alpha(self) -> torch.Tensor:
-        """The temperature, without gradient; clamps ``log_alpha`` into its bounds first."""
-        if self.min_log_alpha is not None or self.max_log_alpha is not None:
-            self.log_alpha.data.clamp_(self.min_log_alpha, self.max_log_alpha)
-        return self.log_alpha.detach().exp()
-
     # ---- helpers on plain tensors --------------------------------------------------------------
     def _qvalue_inputs(self, batch: TensorDictBase, action: torch.Tensor, next_state: bool) -> list[torch.Tensor]:
-        action_key = self._tensor_keys.action
-        return [action if key == action_key else batch.get(_next(key) if next_state else key)
-                for key in self.qvalue_in_keys]
+        return critic_inputs(batch, self.qvalue_in_keys, self._tensor_keys.action, action, next_state)
 
     def _sample_next_actions(self, next_obs: list[torch.Tensor], done: torch.Tensor | None):
         """``a', log pi(a'|s')`` from the online actor; rows with ``done`` skipped if asked."""
@@ -224,14 +185,7 @@ class SACLoss(LossModule):
         alpha = self._alpha
         weight = self._priority_weight(batch)
         obs = [batch.get(k) for k in self.obs_keys]
-        reward = batch.get(_next(keys.reward)).squeeze(-1)
-        terminated = batch.get(_next(keys.terminated), None)
-        if terminated is None:
-            terminated = batch.get(_next(keys.done))
-        terminated = terminated.squeeze(-1)
-        discount = self._discount(batch)
-        if discount.dim() > 0:
-            discount = discount.squeeze(-1)
+        reward, terminated, discount = self._transition(batch)
 
         out: dict[str, torch.Tensor] = {}
         if self.version == 2:
@@ -252,8 +206,8 @@ class SACLoss(LossModule):
 
     def _qvalue_loss_v2(self, batch, alpha, reward, terminated, discount, weight):
         with torch.no_grad():
-            next_obs = [batch.get(_next(k)) for k in self.obs_keys]
-            done = batch.get(_next(self._tensor_keys.done)) if self.skip_done_states else None
+            next_obs = [batch.get(next_key(k)) for k in self.obs_keys]
+            done = batch.get(next_key(self._tensor_keys.done)) if self.skip_done_states else None
             next_action, next_log_prob = self._sample_next_actions(next_obs, done)
             next_q = self.target_qvalue_network(*self._qvalue_inputs(batch, next_action, next_state=True),
                                                 detach=True)
@@ -272,7 +226,7 @@ class SACLoss(LossModule):
             raise RuntimeError(f"SAC v1 splits the batch among the {k} critics: batch size {batch_size} "
                                f"is not divisible by {k}")
         with torch.no_grad():
-            next_obs = [batch.get(_next(key)) for key in self.value_network.in_keys]
+            next_obs = [batch.get(next_key(key)) for key in self.value_network.in_keys]
             next_value = call_tensors(self.target_value_network, *next_obs)[0].squeeze(-1)
             target = td0_target(reward, terminated, next_value, discount)
         inputs = [x.reshape(k, batch_size // k, *x.shape[1:])

@@ -1,0 +1,341 @@
+"""Full updates per second: rltrain's Trainer update path vs hand-written PyTorch loops.
+
+For each algorithm, rltrain's side is ``Trainer.update()`` itself (replay sampling, forward,
+one backward, optimizer steps, target update) built from the configs; the hand-written side is
+the loop most copied scripts contain: a separate ``nn.Module`` per Q net, plain ``torch.optim.Adam``
+per network, one backward per loss, a Python loop for the target update. Both sample batches
+from the same preallocated data. Sizes: MLP 256x256, batch 256 (DQN: batch 128), CPU;
+continuous tasks use HalfCheetah's sizes (obs 17, act 6), DQN uses CartPole's (obs 4, 2 actions).
+
+* ``sac``: SAC v2, 2 critics, learned alpha, tau 0.005.
+* ``td3``: TD3, 2 critics, target policy smoothing, actor and targets every 2nd update (the
+  timed unit is one update; rates average over the delay cycle).
+* ``redq``: REDQ, 10 critics, a random pair for the target, actor on the mean of all critics.
+* ``dqn``: DQN, Huber loss, hard target copy every 1000 updates.
+
+Rates are timed in interleaved rounds in one process; the ratio is the median over rounds of
+(rltrain updates/s) / (hand-written updates/s). Acting latency (one NumPy observation in, one action
+out, as during collection) is measured the same way for SAC's stochastic policy.
+
+    python benchmarks/updates.py                          # all algorithms, 1 and 2 threads
+    python benchmarks/updates.py --algos sac redq --threads 2 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict
+from torch import nn
+
+HIDDEN, CAPACITY = 256, 100_000
+CONTINUOUS = {"obs": 17, "act": 6, "batch": 256}
+DISCRETE = {"obs": 4, "act": 2, "batch": 128}
+
+
+def mlp(n_in: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
+                         nn.Linear(HIDDEN, n_out))
+
+
+def soft_update(net: nn.Module, target: nn.Module, tau: float = 0.005) -> None:
+    with torch.no_grad():
+        for p, tp in zip(net.parameters(), target.parameters()):
+            tp.data.mul_(1 - tau).add_(tau * p.data)
+
+
+class Q(nn.Module):
+    def __init__(self, obs: int, act: int):
+        super().__init__()
+        self.net = mlp(obs + act, 1)
+
+    def forward(self, obs, act):
+        return self.net(torch.cat([obs, act], -1)).squeeze(-1)
+
+
+class TanhGaussianActor(nn.Module):
+    def __init__(self, obs: int, act: int):
+        super().__init__()
+        self.net = mlp(obs, 2 * act)
+
+    def forward(self, obs):
+        mean, raw_scale = self.net(obs).chunk(2, -1)
+        std = F.softplus(raw_scale + 0.5413).clamp_min(1e-4)  # softplus(0.5413) = 1
+        normal = torch.distributions.Normal(mean, std)
+        pre_tanh = normal.rsample()
+        action = torch.tanh(pre_tanh)
+        log_prob = (normal.log_prob(pre_tanh) - torch.log(1 - action.pow(2) + 1e-6)).sum(-1)
+        return action, log_prob
+
+
+class HandWritten:
+    """Shared plumbing: the data and uniform sampling."""
+
+    def __init__(self, data: dict[str, torch.Tensor], batch: int):
+        self.data, self.batch = data, batch
+        self.generator = torch.Generator().manual_seed(0)
+
+    def sample(self):
+        idx = torch.randint(CAPACITY, (self.batch,), generator=self.generator)
+        return (self.data["obs"][idx], self.data["act"][idx], self.data["rew"][idx], self.data["next_obs"][idx],
+                self.data["term"][idx])
+
+
+class HandSAC(HandWritten):
+    def __init__(self, data, obs, act, batch):
+        super().__init__(data, batch)
+        self.act_dim = act
+        self.actor = TanhGaussianActor(obs, act)
+        self.q1, self.q2 = Q(obs, act), Q(obs, act)
+        self.q1_target, self.q2_target = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
+        self.log_alpha = torch.zeros(1, requires_grad=True)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
+        self.q_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=3e-4)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=3e-4)
+
+    def update(self):
+        obs, act, rew, next_obs, term = self.sample()
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():
+            next_act, next_logp = self.actor(next_obs)
+            next_q = torch.min(self.q1_target(next_obs, next_act), self.q2_target(next_obs, next_act))
+            target = rew + 0.99 * (1 - term) * (next_q - alpha * next_logp)
+        q_loss = F.mse_loss(self.q1(obs, act), target) + F.mse_loss(self.q2(obs, act), target)
+        self.q_opt.zero_grad()
+        q_loss.backward()
+        self.q_opt.step()
+
+        pi, logp = self.actor(obs)
+        actor_loss = (alpha * logp - torch.min(self.q1(obs, pi), self.q2(obs, pi))).mean()
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        self.actor_opt.step()
+
+        alpha_loss = (-self.log_alpha * (logp.detach() - self.act_dim)).mean()
+        self.alpha_opt.zero_grad()
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        soft_update(self.q1, self.q1_target)
+        soft_update(self.q2, self.q2_target)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.actor(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))[0][0].numpy()
+
+
+class HandTD3(HandWritten):
+    def __init__(self, data, obs, act, batch):
+        super().__init__(data, batch)
+        self.actor = nn.Sequential(mlp(obs, act), nn.Tanh())
+        self.q1, self.q2 = Q(obs, act), Q(obs, act)
+        self.actor_target = copy.deepcopy(self.actor)
+        self.q1_target, self.q2_target = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
+        self.q_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=3e-4)
+        self.updates = 0
+
+    def update(self):
+        obs, act, rew, next_obs, term = self.sample()
+        with torch.no_grad():
+            noise = (torch.randn_like(act) * 0.2).clamp(-0.5, 0.5)
+            next_act = (self.actor_target(next_obs) + noise).clamp(-1, 1)
+            next_q = torch.min(self.q1_target(next_obs, next_act), self.q2_target(next_obs, next_act))
+            target = rew + 0.99 * (1 - term) * next_q
+        q_loss = F.mse_loss(self.q1(obs, act), target) + F.mse_loss(self.q2(obs, act), target)
+        self.q_opt.zero_grad()
+        q_loss.backward()
+        self.q_opt.step()
+        self.updates += 1
+        if self.updates % 2 == 0:
+            actor_loss = -self.q1(obs, self.actor(obs)).mean()
+            self.actor_opt.zero_grad()
+            actor_loss.backward()
+            self.actor_opt.step()
+            for net, target_net in ((self.actor, self.actor_target), (self.q1, self.q1_target),
+                                    (self.q2, self.q2_target)):
+                soft_update(net, target_net)
+
+
+class HandREDQ(HandWritten):
+    """As in REDQ's reference code: a list of critics, Python loops over them."""
+
+    def __init__(self, data, obs, act, batch, num_critics: int = 10):
+        super().__init__(data, batch)
+        self.act_dim = act
+        self.actor = TanhGaussianActor(obs, act)
+        self.critics = nn.ModuleList([Q(obs, act) for _ in range(num_critics)])
+        self.targets = copy.deepcopy(self.critics)
+        self.log_alpha = torch.zeros(1, requires_grad=True)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
+        self.q_opts = [torch.optim.Adam(q.parameters(), lr=3e-4) for q in self.critics]
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=3e-4)
+        self.rng = random.Random(0)
+
+    def update(self):
+        obs, act, rew, next_obs, term = self.sample()
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():
+            next_act, next_logp = self.actor(next_obs)
+            pair = self.rng.sample(range(len(self.critics)), 2)
+            next_q = torch.min(torch.stack([self.targets[i](next_obs, next_act) for i in pair]), 0).values
+            target = rew + 0.99 * (1 - term) * (next_q - alpha * next_logp)
+        q_loss = sum(F.mse_loss(q(obs, act), target) for q in self.critics)
+        for opt in self.q_opts:
+            opt.zero_grad()
+        q_loss.backward()
+        for opt in self.q_opts:
+            opt.step()
+
+        pi, logp = self.actor(obs)
+        q_pi = torch.stack([q(obs, pi) for q in self.critics]).mean(0)
+        actor_loss = (alpha * logp - q_pi).mean()
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        self.actor_opt.step()
+
+        alpha_loss = (-self.log_alpha * (logp.detach() - self.act_dim)).mean()
+        self.alpha_opt.zero_grad()
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        for q, q_target in zip(self.critics, self.targets):
+            soft_update(q, q_target)
+
+
+class HandDQN(HandWritten):
+    def __init__(self, data, obs, act, batch):
+        super().__init__(data, batch)
+        self.q = mlp(obs, act)
+        self.q_target = copy.deepcopy(self.q)
+        self.opt = torch.optim.Adam(self.q.parameters(), lr=2.5e-4)
+        self.updates = 0
+
+    def update(self):
+        obs, act, rew, next_obs, term = self.sample()
+        with torch.no_grad():
+            target = rew + 0.99 * (1 - term) * self.q_target(next_obs).max(-1).values
+        q = self.q(obs).gather(-1, act.unsqueeze(-1)).squeeze(-1)
+        loss = F.smooth_l1_loss(q, target)
+        self.opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.q.parameters(), 10.0)
+        self.opt.step()
+        self.updates += 1
+        if self.updates % 1000 == 0:
+            self.q_target.load_state_dict(self.q.state_dict())
+
+
+# (hand-written class, rltrain overrides, sizes)
+ALGOS = {
+    "sac": (HandSAC, ["algo=sac", "env=halfcheetah"], CONTINUOUS),
+    "td3": (HandTD3, ["algo=td3", "env=halfcheetah"], CONTINUOUS),
+    "redq": (HandREDQ, ["algo=redq", "env=halfcheetah"], CONTINUOUS),
+    "dqn": (HandDQN, ["algo=dqn", "env=cartpole", "algo.updater.value_network_update_interval=1000"], DISCRETE),
+}
+
+
+def make_data(sizes: dict, discrete: bool) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    obs, act = sizes["obs"], sizes["act"]
+    action = torch.randint(act, (CAPACITY,)) if discrete else torch.rand(CAPACITY, act) * 2 - 1
+    return {"obs": torch.randn(CAPACITY, obs), "act": action, "rew": torch.randn(CAPACITY),
+            "next_obs": torch.randn(CAPACITY, obs), "term": (torch.rand(CAPACITY) < 0.01).float()}
+
+
+def rltrain_trainer(overrides: list[str], data: dict[str, torch.Tensor], batch: int):
+    """A Trainer built from the configs with the benchmark's sizes; its replay buffer holds ``data``."""
+    from hydra import compose, initialize_config_module
+
+    import rltrain.__main__  # noqa: F401  (registers the config resolvers)
+    from rltrain.build import build_trainer
+
+    with initialize_config_module("rltrain.configs", version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, "device=cpu", "logger.progress=false",
+                                           f"trainer.batch_size={batch}", "trainer.buffer_size=100000",
+                                           "network.actor.num_cells=[256,256]", "network.critic.num_cells=[256,256]"])
+    trainer = build_trainer(cfg, Path("/tmp/rltrain-benchmark"))
+    term = data["term"].bool().unsqueeze(-1)
+    trainer.buffer.extend(TensorDict({
+        "observation": data["obs"], "action": data["act"],
+        "next": {"observation": data["next_obs"], "reward": data["rew"].unsqueeze(-1), "terminated": term,
+                 "truncated": torch.zeros_like(term), "done": term}}, batch_size=[CAPACITY]))
+    return trainer
+
+
+def rate(fn, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return n / (time.perf_counter() - start)
+
+
+def interleaved(fn_a, fn_b, n: int, rounds: int) -> tuple[float, float, float]:
+    """Median rate of a, of b, and median of per-round ratios a/b."""
+    rates_a, rates_b, ratios = [], [], []
+    for _ in range(rounds):
+        a, b = rate(fn_a, n), rate(fn_b, n)
+        rates_a.append(a)
+        rates_b.append(b)
+        ratios.append(a / b)
+    return statistics.median(rates_a), statistics.median(rates_b), statistics.median(ratios)
+
+
+def acting(trainer, hand: HandSAC, threads: int, args) -> str:
+    collector = trainer.collector
+    obs = np.random.default_rng(0).standard_normal(CONTINUOUS["obs"]).astype(np.float32)
+
+    def ours():
+        collector._obs = obs[None]
+        return collector._policy_actions(0)[0]
+
+    a, b, ratio = interleaved(ours, lambda: hand.act(obs), args.acts, args.rounds)
+    return f"| sac acting | {threads} | {1e6 / a:.0f} µs | {1e6 / b:.0f} µs | {1 / ratio:.2f}x time |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--updates", type=int, default=100)
+    parser.add_argument("--acts", type=int, default=2000)
+    args = parser.parse_args()
+
+    print(f"torch {torch.__version__}, MLP {HIDDEN}x{HIDDEN}, CPU, {args.rounds} interleaved rounds of "
+          f"{args.updates} updates")
+    print("| algorithm | threads | rltrain | hand-written | ratio |")
+    print("|---|---|---|---|---|")
+    rltrain_rates: dict[tuple[str, int], float] = {}
+    for name in args.algos:
+        hand_cls, overrides, sizes = ALGOS[name]
+        data = make_data(sizes, discrete=sizes is DISCRETE)
+        hand = hand_cls(data, sizes["obs"], sizes["act"], sizes["batch"])
+        trainer = rltrain_trainer(overrides, data, sizes["batch"])
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for _ in range(10):  # warm-up
+                trainer.update()
+                hand.update()
+            ours, theirs, ratio = interleaved(trainer.update, hand.update, args.updates, args.rounds)
+            rltrain_rates[name, threads] = ours
+            print(f"| {name} | {threads} | {ours:.0f} updates/s | {theirs:.0f} updates/s | {ratio:.2f}x |",
+                  flush=True)
+            if name == "sac":
+                print(acting(trainer, hand, threads, args), flush=True)
+    for threads in args.threads:
+        if ("sac", threads) in rltrain_rates and ("redq", threads) in rltrain_rates:
+            slowdown = rltrain_rates["sac", threads] / rltrain_rates["redq", threads]
+            print(f"| redq (10 critics) vs sac (2 critics), rltrain | {threads} | "
+                  f"{rltrain_rates['redq', threads]:.0f} vs {rltrain_rates['sac', threads]:.0f} updates/s | | "
+                  f"{slowdown:.2f}x slower |")
+
+
+if __name__ == "__main__":
+    main()
