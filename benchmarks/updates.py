@@ -13,12 +13,12 @@ continuous tasks use HalfCheetah's sizes (obs 17, act 6), DQN uses CartPole's (o
 * ``redq``: REDQ, 10 critics, a random pair for the target, actor on the mean of all critics.
 * ``dqn``: DQN, Huber loss, hard target copy every 1000 updates.
 
-Rates are timed in interleaved rounds in one process; the ratio is the median over rounds of
-(rltrain updates/s) / (hand-written updates/s). Acting latency (one NumPy observation in, one action
+Rates are timed in interleaved rounds in one process (each side runs ``--seconds`` per round); the
+ratio is the median over rounds of (rltrain updates/s) / (hand-written updates/s). Acting latency (one NumPy observation in, one action
 out, as during collection) is measured the same way for SAC's stochastic policy.
 
     python benchmarks/updates.py                          # all algorithms, 1 and 2 threads
-    python benchmarks/updates.py --algos sac redq --threads 2 --rounds 5
+    python benchmarks/updates.py --algos sac redq --threads 2 --rounds 5 --seconds 1
 """
 
 from __future__ import annotations
@@ -269,18 +269,20 @@ def rltrain_trainer(overrides: list[str], data: dict[str, torch.Tensor], batch: 
     return trainer
 
 
-def rate(fn, n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
+def rate(fn, seconds: float) -> float:
+    """Calls per second of ``fn``, called for at least ``seconds``."""
+    calls, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
         fn()
-    return n / (time.perf_counter() - start)
+        calls += 1
+    return calls / elapsed
 
 
-def interleaved(fn_a, fn_b, n: int, rounds: int) -> tuple[float, float, float]:
-    """Median rate of a, of b, and median of per-round ratios a/b."""
+def interleaved(fn_a, fn_b, seconds: float, rounds: int) -> tuple[float, float, float]:
+    """Median rate of a, of b, and median of per-round ratios a/b (each side runs ``seconds`` a round)."""
     rates_a, rates_b, ratios = [], [], []
     for _ in range(rounds):
-        a, b = rate(fn_a, n), rate(fn_b, n)
+        a, b = rate(fn_a, seconds), rate(fn_b, seconds)
         rates_a.append(a)
         rates_b.append(b)
         ratios.append(a / b)
@@ -295,7 +297,7 @@ def acting(trainer, hand: HandSAC, threads: int, args) -> str:
         collector._obs = obs[None]
         return collector._policy_actions(0)[0]
 
-    a, b, ratio = interleaved(ours, lambda: hand.act(obs), args.acts, args.rounds)
+    a, b, ratio = interleaved(ours, lambda: hand.act(obs), args.seconds / 2, args.rounds)
     return f"| sac acting | {threads} | {1e6 / a:.0f} µs | {1e6 / b:.0f} µs | {1 / ratio:.2f}x time |"
 
 
@@ -304,37 +306,35 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--updates", type=int, default=100)
-    parser.add_argument("--acts", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=1.5, help="time each side runs per round")
     args = parser.parse_args()
 
     print(f"torch {torch.__version__}, MLP {HIDDEN}x{HIDDEN}, CPU, {args.rounds} interleaved rounds of "
-          f"{args.updates} updates")
+          f"{args.seconds} s per side")
     print("| algorithm | threads | rltrain | hand-written | ratio |")
     print("|---|---|---|---|---|")
-    rltrain_rates: dict[tuple[str, int], float] = {}
+    trainers = {}
     for name in args.algos:
         hand_cls, overrides, sizes = ALGOS[name]
         data = make_data(sizes, discrete=sizes is DISCRETE)
         hand = hand_cls(data, sizes["obs"], sizes["act"], sizes["batch"])
-        trainer = rltrain_trainer(overrides, data, sizes["batch"])
+        trainer = trainers[name] = rltrain_trainer(overrides, data, sizes["batch"])
         for threads in args.threads:
             torch.set_num_threads(threads)
             for _ in range(10):  # warm-up
                 trainer.update()
                 hand.update()
-            ours, theirs, ratio = interleaved(trainer.update, hand.update, args.updates, args.rounds)
-            rltrain_rates[name, threads] = ours
+            ours, theirs, ratio = interleaved(trainer.update, hand.update, args.seconds, args.rounds)
             print(f"| {name} | {threads} | {ours:.0f} updates/s | {theirs:.0f} updates/s | {ratio:.2f}x |",
                   flush=True)
             if name == "sac":
                 print(acting(trainer, hand, threads, args), flush=True)
-    for threads in args.threads:
-        if ("sac", threads) in rltrain_rates and ("redq", threads) in rltrain_rates:
-            slowdown = rltrain_rates["sac", threads] / rltrain_rates["redq", threads]
-            print(f"| redq (10 critics) vs sac (2 critics), rltrain | {threads} | "
-                  f"{rltrain_rates['redq', threads]:.0f} vs {rltrain_rates['sac', threads]:.0f} updates/s | | "
-                  f"{slowdown:.2f}x slower |")
+    if "sac" in trainers and "redq" in trainers:  # REDQ's 10 critics against SAC's 2, interleaved too
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            redq, sac, ratio = interleaved(trainers["redq"].update, trainers["sac"].update, args.seconds, args.rounds)
+            print(f"| redq (10 critics) vs sac (2 critics), both rltrain | {threads} | {redq:.0f} updates/s | "
+                  f"{sac:.0f} updates/s | {1 / ratio:.2f}x slower |", flush=True)
 
 
 if __name__ == "__main__":

@@ -114,18 +114,20 @@ class Trainer:
 
     # ---- the update step (hot path: no host sync but the CPU finiteness check) -------------------
     def update(self) -> None:
+        step = self.updates + 1
+        due = [group for group in self.groups if step % group.every == 0]
+        terms = self._terms_of(due)
         batch = self.buffer.sample(self.config.batch_size)
-        losses = self.objective(batch)
-        total = sum(losses.get(k) for k in self._present(losses))
+        losses = self.objective(batch) if len(due) == len(self.groups) else self.objective.forward_terms(batch, terms)
+        total = sum(losses.get(k) for k in terms if k in losses.keys())
         for group in self.groups:
             group.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        self.updates += 1
-        for group in self.groups:
-            if self.updates % group.every == 0:
-                if group.grad_clip:
-                    nn.utils.clip_grad_norm_(group.params, group.grad_clip, foreach=True)
-                group.optimizer.step()
+        self.updates = step
+        for group in due:
+            if group.grad_clip:
+                nn.utils.clip_grad_norm_(group.params, group.grad_clip, foreach=True)
+            group.optimizer.step()
         if self.updater is not None and self.updates % self.config.updater_every == 0:
             self.updater.step()
         self._last_losses = losses
@@ -134,6 +136,11 @@ class Trainer:
         # checkpoint time (before anything is saved).
         if self._check_every_update and not math.isfinite(total.item()):
             self._stop_on_nonfinite(losses)
+
+    def _terms_of(self, groups: list[OptimizerGroup]) -> frozenset[str]:
+        """The loss terms that train ``groups`` (only these are computed and backpropagated)."""
+        names = {group.name for group in groups}
+        return frozenset(term for term, group in self.objective.loss_groups.items() if group in names)
 
     def _verify_finite(self) -> None:
         losses = self._last_losses

@@ -232,6 +232,15 @@ class LossModule(nn.Module):
         self._targets_version += 1
         return super()._apply(fn, recurse)
 
+    def forward_terms(self, batch: TensorDictBase, terms: frozenset[str]) -> TensorDictBase:
+        """The loss terms in ``terms`` (keys of :attr:`loss_groups`); others may be left out.
+
+        A Trainer that steps some groups less often than others (TD3's delayed actor) asks only
+        for the terms due; an objective that can skip the work of the others overrides this. The
+        default computes everything.
+        """
+        return self(batch)
+
     # ---- parameter groups ----------------------------------------------------------------------
     def _group_members(self) -> dict[str, list[nn.Parameter]]:
         raise NotImplementedError

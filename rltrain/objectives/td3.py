@@ -196,6 +196,11 @@ class TD3Loss(LossModule):
 
     # ---- loss terms -----------------------------------------------------------------------------
     def forward(self, batch: TensorDictBase) -> TensorDict:
+        return self.forward_terms(batch, frozenset(self.loss_groups))
+
+    def forward_terms(self, batch: TensorDictBase, terms: frozenset[str]) -> TensorDict:
+        """The critic terms always; the actor term (and its metadata) only if ``loss_actor`` is asked
+        for, so a Trainer that steps the actor every ``policy_delay`` updates skips its work between."""
         keys = self._tensor_keys
         weight = self._priority_weight(batch)
         state = self._read_state(batch, next_state=False)
@@ -211,17 +216,17 @@ class TD3Loss(LossModule):
         loss_qvalue = self._distance(pred, target.expand_as(pred)).sum(0)
         pred = pred.detach()
         priority = (pred - target).pow(2).max(0).values
-
-        action = call_tensors(self.actor_network, *(state[k] for k in self.obs_keys))[0]
-        q_actor = self.qvalue_network(*self._qvalue_inputs(state, action), detach=True, members=slice(0, 1))
-        q_actor = q_actor.squeeze(-1)
-
         batch.set(keys.priority, priority.unsqueeze(-1))
-        return TensorDict({
-            "loss_actor": self._reduce(-q_actor[0], weight),
+        out = {
             "loss_qvalue": self._reduce(loss_qvalue, weight),
             "pred_value": pred,
-            "state_action_value_actor": q_actor.detach(),
             "next_state_value": next_value,
             "target_value": target,
-        }, batch_size=[])
+        }
+        if "loss_actor" in terms:
+            action = call_tensors(self.actor_network, *(state[k] for k in self.obs_keys))[0]
+            q_actor = self.qvalue_network(*self._qvalue_inputs(state, action), detach=True, members=slice(0, 1))
+            q_actor = q_actor.squeeze(-1)
+            out["loss_actor"] = self._reduce(-q_actor[0], weight)
+            out["state_action_value_actor"] = q_actor.detach()
+        return TensorDict(out, batch_size=[])
