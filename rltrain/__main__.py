@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rltrain import checkpoint
 from rltrain.errors import ConfigError
+from rltrain.trainer import NonFiniteLossError
 
 OmegaConf.register_new_resolver("rltrain_run_dir", lambda resume, default: resume or default, replace=True)
 OmegaConf.register_new_resolver("rltrain_hydra_subdir", lambda resume: ".hydra_resume" if resume else ".hydra",
@@ -107,11 +108,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     overrides = list(hydra_cfg.overrides.task)
     try:
         summary = run(cfg, run_dir, overrides)
-    except ConfigError as err:
+    except (ConfigError, NonFiniteLossError) as err:
         print(f"rltrain: error: {err}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise
-        sys.exit(2)
+        sys.exit(2 if isinstance(err, ConfigError) else 1)
     _print_summary(summary)
     return summary["final_eval_return"]
 

@@ -117,6 +117,9 @@ class Trainer:
         step = self.updates + 1
         due = [group for group in self.groups if step % group.every == 0]
         terms = self._terms_of(due)
+        if not terms:  # every group waits for a later step (all `every` > 1)
+            self.updates = step
+            return
         batch = self.buffer.sample(self.config.batch_size)
         losses = self.objective(batch) if len(due) == len(self.groups) else self.objective.forward_terms(batch, terms)
         total = sum(losses.get(k) for k in terms if k in losses.keys())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 import rltrain.__main__  # noqa: F401  (registers the resolvers the configs use)
@@ -85,3 +86,16 @@ def test_logger_configs_compose(logger):
 def test_sac_v1_config_builds(tmp_path):
     trainer = build(tmp_path, "algo.value_network=true")
     assert [g.name for g in trainer.groups] == ["actor", "qvalue", "alpha", "value"]
+
+
+def test_groups_step_only_when_due(tmp_path):
+    trainer = build(tmp_path, "algo=td3", "algo.optim.qvalue.every=2", "algo.optim.actor.every=4",
+                    "trainer.batch_size=3")
+    before = [p.clone() for p in trainer.objective.parameters()]
+    trainer.update()  # update 1: no group due, nothing computed or stepped
+    assert trainer.updates == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.objective.parameters()))
+    trainer.update()  # update 2: the critic only, without the actor term
+    assert "loss_actor" not in trainer._last_losses.keys()
+    actor = trainer.objective.group_parameters("actor")
+    assert all(p.grad is None for p in actor)
