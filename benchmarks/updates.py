@@ -14,8 +14,9 @@ continuous tasks use HalfCheetah's sizes (obs 17, act 6), DQN uses CartPole's (o
 * ``dqn``: DQN, Huber loss, hard target copy every 1000 updates.
 
 Rates are timed in interleaved rounds in one process (each side runs ``--seconds`` per round); the
-ratio is the median over rounds of (rltrain updates/s) / (hand-written updates/s). Acting latency (one NumPy observation in, one action
-out, as during collection) is measured the same way for SAC's stochastic policy.
+ratio is the median over rounds of (rltrain updates/s) / (hand-written updates/s). Acting latency
+(one NumPy observation in, one action out, as during collection) is measured the same way for
+SAC's stochastic policy.
 
     python benchmarks/updates.py                          # all algorithms, 1 and 2 threads
     python benchmarks/updates.py --algos sac redq --threads 2 --rounds 5 --seconds 1

@@ -59,7 +59,8 @@ class OrnsteinUhlenbeckNoise:
         self.state = torch.zeros(num_envs, *action_spec.shape)
 
     def explore(self, action: torch.Tensor, env_step: int) -> torch.Tensor:
-        self.state += -self.theta * self.state * self.dt + self.sigma * math.sqrt(self.dt) * torch.randn_like(self.state)
+        drift = -self.theta * self.state * self.dt
+        self.state += drift + self.sigma * math.sqrt(self.dt) * torch.randn_like(self.state)
         noisy = action + (self.state * self.half_range).to(action.device)
         return torch.clamp(noisy, self.low.to(action.device), self.high.to(action.device))
 

@@ -42,6 +42,18 @@ LOSS_FUNCTIONS = ("l1", "l2", "smooth_l1")
 REDUCTIONS = ("mean", "sum", "none")
 
 
+@dataclasses.dataclass
+class TransitionKeys:
+    """The TensorDict keys every off-policy objective reads (reward, done, terminated, the priority
+    weight) or writes (the priority); each objective's ``_AcceptedKeys`` adds its own."""
+
+    priority: NestedKey = "td_error"
+    reward: NestedKey = "reward"
+    done: NestedKey = "done"
+    terminated: NestedKey = "terminated"
+    priority_weight: NestedKey = "priority_weight"
+
+
 class ValueEstimators(enum.Enum):
     """Value estimators an off-policy objective can use for its bootstrap target."""
 
@@ -153,7 +165,8 @@ class LossModule(nn.Module):
         """Choose the bootstrap estimator and its discount. Off-policy objectives use TD(0)."""
         if value_type is not None:
             try:
-                value_type = ValueEstimators(value_type.value if isinstance(value_type, enum.Enum) else value_type.lower())
+                name = value_type.value if isinstance(value_type, enum.Enum) else value_type.lower()
+                value_type = ValueEstimators(name)
             except (ValueError, AttributeError):
                 raise ValueError(f"{type(self).__name__} supports the value estimators "
                                  f"{[v.value for v in ValueEstimators]}, got {value_type!r}") from None

@@ -27,7 +27,7 @@ from torch import nn
 
 from rltrain.modules.actors import Actor, ValueOperator, call_tensors
 from rltrain.modules.ensemble import make_ensemble
-from rltrain.objectives.common import LossModule, NestedKey, next_key, td0_target
+from rltrain.objectives.common import LossModule, NestedKey, TransitionKeys, next_key, td0_target
 
 
 class DDPGLoss(LossModule):
@@ -58,13 +58,8 @@ class DDPGLoss(LossModule):
     """
 
     @dataclasses.dataclass
-    class _AcceptedKeys:
+    class _AcceptedKeys(TransitionKeys):
         state_action_value: NestedKey = "state_action_value"
-        priority: NestedKey = "td_error"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
-        priority_weight: NestedKey = "priority_weight"
 
     loss_groups = {"loss_actor": "actor", "loss_value": "value"}
 

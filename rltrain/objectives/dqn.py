@@ -52,7 +52,7 @@ from rltrain.modules.qvalue import (
     resolve_action_space,
 )
 from rltrain.modules.specs import Categorical, OneHot
-from rltrain.objectives.common import LossModule, NestedKey, next_key, td0_target
+from rltrain.objectives.common import LossModule, NestedKey, TransitionKeys, next_key, td0_target
 
 
 def _reward_and_terminated(batch: TensorDictBase, keys) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,17 +99,12 @@ class DQNLoss(LossModule):
     """
 
     @dataclasses.dataclass
-    class _AcceptedKeys:
+    class _AcceptedKeys(TransitionKeys):
         advantage: NestedKey = "advantage"
         value_target: NestedKey = "value_target"
         value: NestedKey = "chosen_action_value"
         action_value: NestedKey = "action_value"
         action: NestedKey = "action"
-        priority: NestedKey = "td_error"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
-        priority_weight: NestedKey = "priority_weight"
 
     loss_groups = {"loss": "value"}
 
@@ -196,15 +191,10 @@ class DistributionalDQNLoss(LossModule):
     """
 
     @dataclasses.dataclass
-    class _AcceptedKeys:
+    class _AcceptedKeys(TransitionKeys):
         action_value: NestedKey = "action_value"
         action: NestedKey = "action"
-        priority: NestedKey = "td_error"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
         steps_to_next_obs: NestedKey = "steps_to_next_obs"
-        priority_weight: NestedKey = "priority_weight"
 
     loss_groups = {"loss": "value"}
 

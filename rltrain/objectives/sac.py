@@ -47,7 +47,8 @@ from torch import nn
 from rltrain.modules.actors import ProbabilisticActor, ValueOperator, call_tensors, default_log_prob_key
 from rltrain.modules.ensemble import make_ensemble
 from rltrain.objectives.common import (
-    LossModule, NestedKey, TemperatureMixin, critic_inputs, next_key, resolve_target_entropy, td0_target,
+    LossModule, NestedKey, TemperatureMixin, TransitionKeys, critic_inputs, next_key, resolve_target_entropy,
+    td0_target,
 )
 
 
@@ -81,16 +82,11 @@ class SACLoss(TemperatureMixin, LossModule):
     """
 
     @dataclasses.dataclass
-    class _AcceptedKeys:
+    class _AcceptedKeys(TransitionKeys):
         action: NestedKey = "action"
         value: NestedKey = "state_value"
         state_action_value: NestedKey = "state_action_value"
         log_prob: NestedKey = dataclasses.field(default_factory=default_log_prob_key)
-        priority: NestedKey = "td_error"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
-        priority_weight: NestedKey = "priority_weight"
 
     def __init__(
         self,

@@ -40,7 +40,7 @@ from torch import nn
 from rltrain.modules.actors import Actor, ValueOperator, call_tensors
 from rltrain.modules.ensemble import make_ensemble
 from rltrain.modules.specs import Bounded
-from rltrain.objectives.common import LossModule, NestedKey, next_key, td0_target
+from rltrain.objectives.common import LossModule, NestedKey, TransitionKeys, next_key, td0_target
 
 
 def action_bounds(action_spec: Bounded | None, bounds) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,14 +103,9 @@ class TD3Loss(LossModule):
     """
 
     @dataclasses.dataclass
-    class _AcceptedKeys:
+    class _AcceptedKeys(TransitionKeys):
         action: NestedKey = "action"
         state_action_value: NestedKey = "state_action_value"
-        priority: NestedKey = "td_error"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
-        priority_weight: NestedKey = "priority_weight"
 
     loss_groups = {"loss_actor": "actor", "loss_qvalue": "qvalue"}
 
