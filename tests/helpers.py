@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
+from torch import distributions as D
 
 from rltrain.modules import MLP, Bounded, NormalParamExtractor, ProbabilisticActor, ValueOperator
 
@@ -46,6 +47,35 @@ def make_batch(batch: int, obs_dim: int, act_dim: int, seed: int = 0, terminated
             "done": terminated | truncated,
         },
     }, batch_size=[batch])
+
+
+def tanh_normal_by_hand(loc, scale, noise):
+    """A TanhNormal sample on [-1, 1] and its log-probability, written out from the formulas."""
+    pre_tanh = loc + scale * noise
+    action = torch.tanh(pre_tanh)
+    log_prob = (D.Normal(loc, scale).log_prob(pre_tanh) - torch.log(1 - action.pow(2))).sum(-1)
+    return action, log_prob
+
+
+def unpack_transition(batch):
+    """obs, action, next obs, reward [B], (1 - terminated) [B] as floats."""
+    reward = batch["next", "reward"].squeeze(-1)
+    not_terminated = 1.0 - batch["next", "terminated"].squeeze(-1).float()
+    return batch["observation"], batch["action"], batch["next", "observation"], reward, not_terminated
+
+
+def assert_state_dict_round_trip(build, batch) -> None:
+    """A perturbed objective's state_dict loaded into a fresh one gives identical outputs."""
+    a, b = build(), build()
+    with torch.no_grad():
+        for p in a.parameters():
+            p.add_(0.5)
+    b.load_state_dict(a.state_dict())
+    torch.manual_seed(0)
+    out_a = a(batch.clone())
+    torch.manual_seed(0)
+    out_b = b(batch.clone())
+    assert all(torch.equal(out_a[k], out_b[k]) for k in out_a.keys())
 
 
 def run_cli(args: list[str], run_root: Path, timeout: float = 600, check: bool = True,

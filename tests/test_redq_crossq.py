@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from torch import distributions as D
 from torch import nn
 
 from rltrain.modules import ValueOperator
@@ -17,7 +16,7 @@ from rltrain.modules.ensemble import fresh_copies
 from rltrain.objectives.crossq import CrossQLoss
 from rltrain.objectives.redq import REDQLoss
 from rltrain.updaters import SoftUpdate
-from tests.helpers import make_actor, make_batch, make_qvalue
+from tests.helpers import make_actor, make_batch, make_qvalue, tanh_normal_by_hand, unpack_transition
 
 OBS, ACT, B = 3, 2, 12
 
@@ -45,20 +44,6 @@ def check_sum_trains_everything(loss, batch) -> None:
     for name, param in loss.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
     assert all(b.grad is None for b in loss.buffers())
-
-
-def tanh_normal_by_hand(loc, scale, noise):
-    pre_tanh = loc + scale * noise
-    action = torch.tanh(pre_tanh)
-    log_prob = (D.Normal(loc, scale).log_prob(pre_tanh) - torch.log(1 - action.pow(2))).sum(-1)
-    return action, log_prob
-
-
-def unpack(batch):
-    """obs, action, next obs, reward [B], (1 - terminated) [B] as floats."""
-    reward = batch["next", "reward"].squeeze(-1)
-    not_terminated = 1.0 - batch["next", "terminated"].squeeze(-1).float()
-    return batch["observation"], batch["action"], batch["next", "observation"], reward, not_terminated
 
 
 def check_reductions(make_loss) -> None:
@@ -302,7 +287,7 @@ def test_redq_losses_match_the_spec_formulas():
     subset = torch.randperm(4)[:2].sort().values
     noise, noise_next = torch.randn(B, ACT), torch.randn(B, ACT)
     net, alpha, gamma = actor.module.module, 0.5, 0.9
-    obs, act, next_obs, reward, not_term = unpack(batch)
+    obs, act, next_obs, reward, not_term = unpack_transition(batch)
 
     def q_all(o, a):
         return torch.stack([c.module(o, a).squeeze(-1) for c in critics])
@@ -467,7 +452,7 @@ def test_crossq_losses_match_the_spec_formulas(warmup_steps):
     torch.manual_seed(7)
     noise_next, noise = torch.randn(B, ACT), torch.randn(B, ACT)
     net, alpha, gamma = actor.module.module, 0.5, 0.9
-    obs, act, next_obs, reward, not_term = unpack(batch)
+    obs, act, next_obs, reward, not_term = unpack_transition(batch)
     with torch.no_grad():
         next_action, next_log_prob = tanh_normal_by_hand(*net(next_obs), noise_next)
     # the joint forward, train mode: statistics over current and next rows together

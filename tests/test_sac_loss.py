@@ -7,11 +7,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import distributions as D
 
 from rltrain.objectives import SACLoss, get_objective
 from rltrain.updaters import SoftUpdate
-from tests.helpers import make_actor, make_batch, make_qvalue, make_value
+from tests.helpers import (
+    assert_state_dict_round_trip, make_actor, make_batch, make_qvalue, make_value, tanh_normal_by_hand,
+    unpack_transition,
+)
 
 OBS, ACT, B = 3, 2, 12
 
@@ -94,20 +96,6 @@ def test_target_entropy_auto_is_minus_action_dim(dim):
     assert explicit.target_entropy.item() == -0.25
 
 
-def _tanh_normal_by_hand(loc, scale, noise):
-    pre_tanh = loc + scale * noise
-    action = torch.tanh(pre_tanh)
-    log_prob = (D.Normal(loc, scale).log_prob(pre_tanh) - torch.log(1 - action.pow(2))).sum(-1)
-    return action, log_prob
-
-
-def _unpack(batch):
-    """obs, action, next obs, reward [B], (1 - terminated) [B] as floats."""
-    reward = batch["next", "reward"].squeeze(-1)
-    not_terminated = 1.0 - batch["next", "terminated"].squeeze(-1).float()
-    return batch["observation"], batch["action"], batch["next", "observation"], reward, not_terminated
-
-
 def test_v2_losses_match_the_spec_formulas():
     torch.manual_seed(1)
     actor = make_actor(OBS, ACT)
@@ -121,17 +109,17 @@ def test_v2_losses_match_the_spec_formulas():
     torch.manual_seed(7)
     noise_next, noise = torch.randn(B, ACT), torch.randn(B, ACT)
     net, alpha, gamma = actor.module.module, 0.5, 0.9
-    obs, act, next_obs, reward, not_term = _unpack(batch)
+    obs, act, next_obs, reward, not_term = unpack_transition(batch)
 
     def q(module, o, a):
         return module.module(o, a).squeeze(-1)
 
     with torch.no_grad():
-        next_action, next_log_prob = _tanh_normal_by_hand(*net(next_obs), noise_next)
+        next_action, next_log_prob = tanh_normal_by_hand(*net(next_obs), noise_next)
         next_v = torch.min(q(q1, next_obs, next_action), q(q2, next_obs, next_action)) - alpha * next_log_prob
         y = reward + gamma * not_term * next_v
         expected_q = ((q(q1, obs, act) - y) ** 2 + (q(q2, obs, act) - y) ** 2).mean()
-        new_action, log_prob = _tanh_normal_by_hand(*net(obs), noise)
+        new_action, log_prob = tanh_normal_by_hand(*net(obs), noise)
         expected_actor = (alpha * log_prob - torch.min(q(q1, obs, new_action), q(q2, obs, new_action))).mean()
         expected_alpha = (-math.log(alpha) * (log_prob - ACT)).mean()
 
@@ -155,16 +143,16 @@ def test_v1_losses_match_the_spec_formulas():
     torch.manual_seed(3)
     noise_value, noise_actor = torch.randn(B, ACT), torch.randn(B, ACT)
     net, alpha, gamma = actor.module.module, 0.3, 0.99
-    obs, act, next_obs, reward, not_term = _unpack(batch)
+    obs, act, next_obs, reward, not_term = unpack_transition(batch)
     with torch.no_grad():
         y = reward + gamma * not_term * value.module(next_obs).squeeze(-1)
         half = B // 2
         pred = torch.cat([q1.module(obs[:half], act[:half]), q2.module(obs[half:], act[half:])]).squeeze(-1)
         expected_q = ((pred - y) ** 2).mean()
-        a, lp = _tanh_normal_by_hand(*net(obs), noise_value)
+        a, lp = tanh_normal_by_hand(*net(obs), noise_value)
         v_target = torch.min(q1.module(obs, a), q2.module(obs, a)).squeeze(-1) - alpha * lp
         expected_value = ((value.module(obs).squeeze(-1) - v_target) ** 2).mean()
-        new_action, log_prob = _tanh_normal_by_hand(*net(obs), noise_actor)
+        new_action, log_prob = tanh_normal_by_hand(*net(obs), noise_actor)
         expected_actor = (alpha * log_prob - torch.min(q1.module(obs, new_action), q2.module(obs, new_action))
                           .squeeze(-1)).mean()
     torch.testing.assert_close(out["loss_actor"], expected_actor, rtol=1e-5, atol=1e-5)
@@ -275,17 +263,7 @@ def test_skip_done_states_tolerates_nan_next_observations():
 
 
 def test_state_dict_round_trip():
-    a, b = sac(), sac()
-    with torch.no_grad():
-        for p in a.parameters():
-            p.add_(0.5)
-    b.load_state_dict(a.state_dict())
-    batch = make_batch(B, OBS, ACT)
-    torch.manual_seed(0)
-    out_a = a(batch.clone())
-    torch.manual_seed(0)
-    out_b = b(batch.clone())
-    assert all(torch.equal(out_a[k], out_b[k]) for k in out_a.keys())
+    assert_state_dict_round_trip(sac, make_batch(B, OBS, ACT))
 
 
 def test_smooth_l1_is_the_default_distance():
