@@ -77,13 +77,14 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         torch.set_num_threads(int(cfg.torch_threads))
     seed_everything(cfg.seed)
     wandb_id = state["loggers"]["wandb_run_id"] if state else None
+    step_key = "env_steps" if cfg.dataset is None else "updates"
     trainer = build_trainer(cfg, run_dir, wandb_run_id=wandb_id,
-                            initial_step=state["counters"]["env_steps"] if state else 0)
+                            initial_step=state["counters"][step_key] if state else 0)
     if state is None:
         _write_run_files(cfg, run_dir, overrides)
     else:
         trainer.load_state_dict(state)
-        trainer.loggers.csv.truncate_after(trainer.env_steps)
+        trainer.loggers.csv.truncate_after(trainer.step, "update" if trainer.offline else "env_step")
     exit_code = 1
     try:
         summary = trainer.fit()
@@ -97,6 +98,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
 def _print_summary(summary: dict) -> None:
     ret, std = summary["final_eval_return"], summary["final_eval_return_std"]
     final = "n/a" if ret is None else f"{ret:.2f} ± {std:.2f}"
+    if summary.get("final_normalized_score") is not None:
+        final += f" (normalized score {summary['final_normalized_score']:.1f})"
     print(f"\nrltrain finished: final eval return {final} | env steps {summary['env_steps']} | "
           f"updates {summary['updates']} | time {summary['time_s']:.1f}s\nrun dir: {summary['run_dir']}")
 

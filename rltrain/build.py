@@ -8,6 +8,7 @@ problem and the accepted values.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,15 @@ from tensordict.nn import TensorDictModule
 from torch import nn
 
 from rltrain.collect import Collector
+from rltrain.data.minari_data import DatasetError, OfflineData, TransitionSampler, load_minari, to_offline_data
+from rltrain.data.normalize import ObservationNormalizer, apply_reward_transform, normalize_in_place
 from rltrain.data.replay import ReplayBuffer
 from rltrain.envs import check_env_id, env_specs, make_vector_env
 from rltrain.errors import ConfigError
 from rltrain.loggers import ConsoleProgress, CSVLogger, Loggers, TensorboardLogger, WandbLogger
 from rltrain.exploration import EpsilonGreedy, GaussianNoise, OrnsteinUhlenbeckNoise
 from rltrain.modules import (
-    BRNMLP, MLP, Actor, Bounded, Categorical, DistributionalQValueActor, NormalParamExtractor, ProbabilisticActor,
+    BRNMLP, MLP, Actor, Bounded, Categorical, CategoricalActor, DistributionalQValueActor, NormalParamExtractor, ProbabilisticActor,
     QValueActor, ScaledTanh, ValueOperator,
 )
 from rltrain.objectives import LossModule, get_objective
@@ -114,7 +117,7 @@ def deterministic_agent(cfg: DictConfig, obs_dim: int, action_spec: Bounded) -> 
     name = cfg.algo.objective
     actor = build_deterministic_actor(obs_dim, action_spec, cfg.network.actor)
     critic = build_qvalue(obs_dim, action_spec, cfg.network.critic)
-    extra = {"action_spec": action_spec} if name == "td3" else {}
+    extra = {"action_spec": action_spec} if name in ("td3", "td3bc") else {}
     objective = get_objective(name)(actor, critic, **extra, **_loss_kwargs(cfg))
     greedy = lambda obs: actor.act(obs)  # noqa: E731
     return Agent(objective, greedy, greedy, build_exploration(cfg, action_spec))
@@ -138,12 +141,54 @@ def qvalue_agent(cfg: DictConfig, obs_dim: int, action_spec: Categorical) -> Age
     return Agent(objective, greedy, greedy, build_exploration(cfg, action_spec))
 
 
-# objective name -> (agent builder, needs a continuous action space)
-AGENT_BUILDERS: dict[str, tuple[Callable[..., Agent], bool]] = {
+def iql_agent(cfg: DictConfig, obs_dim: int, action_spec: Bounded) -> Agent:
+    """IQL: a TanhNormal actor (AWR), twin Q and a state-value network."""
+    actor = build_stochastic_actor(obs_dim, action_spec, cfg.network.actor)
+    objective = get_objective("iql")(actor, build_qvalue(obs_dim, action_spec, cfg.network.critic),
+                                     build_state_value(obs_dim, cfg.network.critic), **_loss_kwargs(cfg))
+    return Agent(objective, lambda obs: actor.act(obs, deterministic=False),
+                 lambda obs: actor.act(obs, deterministic=True))
+
+
+def build_categorical_actor(obs_dim: int, action_spec: Categorical, cfg: DictConfig) -> CategoricalActor:
+    return CategoricalActor(_mlp(obs_dim, action_spec.n, cfg), in_keys=["observation"], spec=action_spec)
+
+
+def discrete_iql_agent(cfg: DictConfig, obs_dim: int, action_spec: Categorical) -> Agent:
+    """Discrete IQL: a categorical actor, Q(s, .) heads and a state-value network."""
+    actor = build_categorical_actor(obs_dim, action_spec, cfg.network.actor)
+    qvalue = ValueOperator(_mlp(obs_dim, action_spec.n, cfg.network.critic), in_keys=["observation"])
+    objective = get_objective("discrete_iql")(actor, qvalue, build_state_value(obs_dim, cfg.network.critic),
+                                              action_space="categorical", **_loss_kwargs(cfg))
+    return Agent(objective, lambda obs: actor.act(obs, deterministic=False),
+                 lambda obs: actor.act(obs, deterministic=True))
+
+
+def bc_agent(cfg: DictConfig, obs_dim: int, action_spec) -> Agent:
+    """Behaviour cloning: a categorical actor on discrete data, else a deterministic or TanhNormal one."""
+    if isinstance(action_spec, Categorical):
+        actor = build_categorical_actor(obs_dim, action_spec, cfg.network.actor)
+    elif cfg.algo.policy == "stochastic":
+        actor = build_stochastic_actor(obs_dim, action_spec, cfg.network.actor)
+    elif cfg.algo.policy == "deterministic":
+        actor = build_deterministic_actor(obs_dim, action_spec, cfg.network.actor)
+    else:
+        raise ConfigError(f"algo.policy must be deterministic or stochastic, got {cfg.algo.policy!r}")
+    objective = get_objective("bc")(actor, **_loss_kwargs(cfg))
+    return Agent(objective, lambda obs: actor.act(obs, deterministic=False),
+                 lambda obs: actor.act(obs, deterministic=True))
+
+
+# objective name -> (agent builder, action space: True continuous, False discrete, None either)
+AGENT_BUILDERS: dict[str, tuple[Callable[..., Agent], bool | None]] = {
     "sac": (stochastic_agent, True), "redq": (stochastic_agent, True), "crossq": (stochastic_agent, True),
     "td3": (deterministic_agent, True), "ddpg": (deterministic_agent, True),
     "dqn": (qvalue_agent, False), "c51": (qvalue_agent, False),
+    "iql": (iql_agent, True), "cql": (stochastic_agent, True), "td3bc": (deterministic_agent, True),
+    "bc": (bc_agent, None), "discrete_iql": (discrete_iql_agent, False), "discrete_cql": (qvalue_agent, False),
 }
+CONTINUOUS_CHOICES = ", ".join(f"algo={n}" for n, (_, c) in AGENT_BUILDERS.items() if c is not False)
+DISCRETE_CHOICES = ", ".join(f"algo={n}" for n, (_, c) in AGENT_BUILDERS.items() if c is not True)
 
 
 def build_exploration(cfg: DictConfig, action_spec):
@@ -171,14 +216,15 @@ def build_agent(cfg: DictConfig, obs_spec: Bounded, action_spec) -> Agent:
         raise ConfigError(f"unknown objective {name!r} in algo.objective; accepted: {sorted(AGENT_BUILDERS)}")
     _check_loss_kwargs(name, cfg.algo.loss)
     builder, continuous = AGENT_BUILDERS[name]
-    if continuous and not isinstance(action_spec, Bounded):
-        raise ConfigError(f"algo={cfg.algo.name} needs a continuous (Box) action space, but {cfg.env.id} has a "
-                          f"discrete one ({action_spec}). Pick a continuous-action env (env=pendulum, "
-                          "env=halfcheetah, ...) or a discrete algorithm (algo=dqn, algo=c51).")
-    if not continuous and not isinstance(action_spec, Categorical):
-        raise ConfigError(f"algo={cfg.algo.name} needs a discrete action space, but {cfg.env.id} has a continuous "
-                          f"one. Pick a discrete env (env=cartpole, env=acrobot, ...) or a continuous algorithm "
-                          "(algo=sac, algo=td3, ...).")
+    source = f"dataset {cfg.dataset.id}" if cfg.dataset is not None else cfg.env.id
+    if continuous is True and not isinstance(action_spec, Bounded):
+        raise ConfigError(f"algo={cfg.algo.name} needs a continuous (Box) action space, but {source} has a "
+                          f"discrete one ({action_spec}). Pick continuous-action data or env (env=pendulum, "
+                          f"dataset=d4rl/hopper, ...) or a discrete algorithm ({DISCRETE_CHOICES}).")
+    if continuous is False and not isinstance(action_spec, Categorical):
+        raise ConfigError(f"algo={cfg.algo.name} needs a discrete action space, but {source} has a continuous "
+                          f"one. Pick discrete-action data or env (env=cartpole, env=acrobot, ...) or a continuous "
+                          f"algorithm ({CONTINUOUS_CHOICES}).")
     try:
         agent = builder(cfg, obs_spec.dim, action_spec)
     except (ValueError, TypeError) as err:  # the objective's own argument checks
@@ -217,7 +263,25 @@ def make_adam(params: list[nn.Parameter], lr: float, betas=(0.9, 0.999), eps: fl
         return torch.optim.Adam(params, foreach=True, **kwargs)
 
 
-def build_groups(objective: LossModule, optim_cfg: DictConfig) -> list[OptimizerGroup]:
+def planned_updates(cfg: DictConfig) -> int:
+    """How many updates the run will make (the horizon of learning-rate schedules)."""
+    t = cfg.trainer
+    if cfg.dataset is not None:
+        return int(t.total_updates)
+    return max(1, int((t.total_env_steps - t.learning_starts) * t.updates_per_step))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, kind: str | None, group: str, steps: int):
+    if kind is None:
+        return None
+    if kind != "cosine":
+        raise ConfigError(f"unknown algo.optim.{group}.schedule {kind!r}; accepted: cosine or null")
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+
+
+def build_groups(objective: LossModule, cfg: DictConfig) -> list[OptimizerGroup]:
+    """One Adam per parameter group of ``objective`` from ``cfg.algo.optim``."""
+    optim_cfg = cfg.algo.optim
     groups = []
     for name in objective.parameter_groups:
         if name not in optim_cfg:
@@ -226,7 +290,9 @@ def build_groups(objective: LossModule, optim_cfg: DictConfig) -> list[Optimizer
         group_cfg = optim_cfg[name]
         params = objective.group_parameters(name)
         optimizer = make_adam(params, group_cfg.lr, group_cfg.betas, group_cfg.eps, group_cfg.weight_decay)
-        groups.append(OptimizerGroup(name, optimizer, params, group_cfg.grad_clip, group_cfg.every))
+        steps = planned_updates(cfg) // group_cfg.every
+        scheduler = build_scheduler(optimizer, group_cfg.get("schedule"), name, steps)
+        groups.append(OptimizerGroup(name, optimizer, params, group_cfg.grad_clip, group_cfg.every, scheduler))
     return groups
 
 
@@ -234,36 +300,142 @@ def build_groups(objective: LossModule, optim_cfg: DictConfig) -> list[Optimizer
 
 def build_loggers(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None, initial_step: int) -> Loggers:
     backends = []
+    step_key = "env_step" if cfg.dataset is None else "update"
     for name in cfg.logger.backends:
         if name not in LOGGER_BACKENDS:
             raise ConfigError(f"unknown logger backend {name!r}; accepted: {LOGGER_BACKENDS}")
     for name in cfg.logger.backends:
         if name == "wandb":
             w = cfg.logger.wandb
-            default_name = f"{cfg.algo.name}-{cfg.env.id}-seed{cfg.seed}"
+            default_name = f"{cfg.algo.name}-{task_name(cfg)}-seed{cfg.seed}"
             backends.append(WandbLogger(
                 run_dir, OmegaConf.to_container(cfg, resolve=True), project=w.project, entity=w.entity,
-                group=w.group or f"{cfg.algo.name}-{cfg.env.id}", name=w.name or default_name,
-                tags=list(w.tags) if w.tags else None, mode=w.mode, run_id=wandb_run_id))
+                group=w.group or f"{cfg.algo.name}-{task_name(cfg)}", name=w.name or default_name,
+                tags=list(w.tags) if w.tags else None, mode=w.mode, run_id=wandb_run_id, step_key=step_key))
         else:
-            backends.append(TensorboardLogger(run_dir))
-    console = ConsoleProgress(cfg.trainer.total_env_steps, initial=initial_step, enabled=cfg.logger.progress)
+            backends.append(TensorboardLogger(run_dir, step_key=step_key))
+    total = cfg.trainer.total_env_steps if cfg.dataset is None else cfg.trainer.total_updates
+    console = ConsoleProgress(total, initial=initial_step, enabled=cfg.logger.progress)
     return Loggers(CSVLogger(run_dir), console, backends)
+
+
+# ---- offline data -------------------------------------------------------------------------------
+
+def task_name(cfg: DictConfig) -> str:
+    """What a run learns from: the dataset id offline, the env id online."""
+    return cfg.dataset.id if cfg.dataset is not None else cfg.env.id
+
+
+def _make_hint(ds: DictConfig) -> str:
+    if ds.make_env:
+        return (f"python -m rltrain.make_dataset env={ds.make_env} quality={ds.quality} dataset_id={ds.id} "
+                "source_run=<an rltrain run on that env, trained with trainer.policy_snapshots=true>")
+    return (f"`minari download {ds.id}` where a network is reachable (then copy it into this Minari root), or "
+            "make a local dataset: python -m rltrain.make_dataset env=<env> quality=<quality>")
+
+
+def _medium_expert_parts(dataset_id: str) -> list[str] | None:
+    """D4RL's medium-expert is medium + expert: the two sibling ids, if ``dataset_id`` is one."""
+    prefix, _, name = dataset_id.rpartition("/")
+    match = re.fullmatch(r"medium-expert-v(\d+)", name)
+    if match is None:
+        return None
+    return [f"{prefix}/{quality}-v{match.group(1)}".lstrip("/") for quality in ("medium", "expert")]
+
+
+def load_offline_data(ds: DictConfig) -> OfflineData:
+    """The dataset ``ds.id`` as :class:`OfflineData`; a missing ``*/medium-expert-vN`` is made from its
+    medium and expert siblings."""
+    hint = _make_hint(ds)
+    try:
+        return to_offline_data(load_minari(ds.id, download=ds.download, make_hint=hint))
+    except DatasetError:
+        parts = _medium_expert_parts(ds.id)
+        if parts is None:
+            raise
+    datasets = [to_offline_data(load_minari(part, download=ds.download, make_hint=hint)) for part in parts]
+    return OfflineData.concatenate(datasets, ds.id)
+
+
+def prepare_offline_data(cfg: DictConfig, data: OfflineData) -> ObservationNormalizer:
+    """Reward transform and observation normalization, in place; returns the normalizer."""
+    ds = cfg.dataset
+    kind = ds.reward_transform or cfg.algo.get("reward_transform") or "none"
+    try:
+        apply_reward_transform(data, kind, ds.reward_scale, ds.reward_shift)
+    except ValueError as err:
+        raise ConfigError(f"dataset.reward_transform: {err}") from err
+    if not ds.normalize_observations:
+        return ObservationNormalizer.identity(data.observations.shape[-1])
+    normalizer = ObservationNormalizer.from_data(data)
+    normalize_in_place(data, normalizer)
+    return normalizer
+
+
+def make_offline_eval_envs(cfg: DictConfig, data: OfflineData):
+    """The dataset's evaluation env (``dataset.eval_env`` overrides the one it records), checked
+    against the data's spaces."""
+    target = cfg.dataset.eval_env or data.eval_env_spec or data.env_spec
+    if target is None:
+        raise ConfigError(f"dataset {data.dataset_id!r} records no environment to evaluate in; set "
+                          "dataset.eval_env=<gymnasium id>")
+    envs = make_vector_env(target, min(cfg.env.eval_num_envs, cfg.trainer.eval_episodes), cfg.env.max_episode_steps)
+    obs_spec, action_spec = env_specs(envs)
+    discrete = data.actions.dtype == torch.long
+    data_action_dim = int(data.action_space.n) if discrete else data.actions.shape[-1]
+    env_action_dim = action_spec.n if isinstance(action_spec, Categorical) else action_spec.dim
+    if (obs_spec.dim != data.observations.shape[-1] or discrete != isinstance(action_spec, Categorical)
+            or env_action_dim != data_action_dim):
+        name = target if isinstance(target, str) else target.id
+        raise ConfigError(f"dataset {data.dataset_id!r} does not fit its eval env {name!r}: observations "
+                          f"{data.observations.shape[-1]} vs {obs_spec.dim}, actions {data.action_space} vs "
+                          f"{envs.single_action_space}. Set dataset.eval_env to the env the data came from.")
+    return envs, obs_spec, action_spec
+
+
+def score_refs(cfg: DictConfig, data: OfflineData) -> tuple[float, float] | None:
+    """(ref_min, ref_max) for normalized scores: the dataset's own, else the config's (D4RL's)."""
+    ref_min = data.ref_min_score if data.ref_min_score is not None else cfg.dataset.ref_min_score
+    ref_max = data.ref_max_score if data.ref_max_score is not None else cfg.dataset.ref_max_score
+    if ref_min is None or ref_max is None:
+        return None
+    if ref_max == ref_min:
+        raise ConfigError(f"dataset {data.dataset_id!r}: ref_min_score == ref_max_score ({ref_min}); a normalized "
+                          "score needs two different references (set dataset.ref_min_score / ref_max_score)")
+    return float(ref_min), float(ref_max)
 
 
 # ---- everything ----------------------------------------------------------------------------------
 
 def validate(cfg: DictConfig) -> None:
-    """Checks that need no environment: fail before anything is built."""
-    check_env_id(cfg.env.id)
+    """Checks that need no environment or dataset: fail before anything is built."""
     t = cfg.trainer
-    for key in ("total_env_steps", "batch_size", "buffer_size", "eval_episodes"):
+    if cfg.dataset is None:
+        check_env_id(cfg.env.id)
+        if cfg.algo.get("offline_only"):
+            raise ConfigError(f"algo={cfg.algo.name} learns from a dataset: add dataset=d4rl/hopper (or "
+                              "dataset=minari dataset.id=<Minari id>)")
+        counts = ("total_env_steps", "batch_size", "buffer_size", "eval_episodes")
+    else:
+        if OmegaConf.is_missing(cfg.dataset, "id"):
+            raise ConfigError("dataset=minari needs the dataset's id: dataset.id=<Minari id>, "
+                              "e.g. dataset.id=D4RL/door/human-v2")
+        counts = ("total_updates", "batch_size", "eval_episodes")
+    for key in counts:
         if t[key] < 1:
             raise ConfigError(f"trainer.{key} must be >= 1, got {t[key]}")
     if t.updates_per_step <= 0:
         raise ConfigError(f"trainer.updates_per_step must be > 0, got {t.updates_per_step}")
     if t.train_every < 1:
         raise ConfigError(f"trainer.train_every must be >= 1, got {t.train_every}")
+
+
+def term_windows(cfg: DictConfig) -> dict[str, tuple[int, int | None]]:
+    windows = cfg.algo.get("term_windows")
+    if windows is None:
+        return {}
+    windows = OmegaConf.to_container(windows, resolve=True)
+    return {term: (int(first), None if end is None else int(end)) for term, (first, end) in windows.items()}
 
 
 def trainer_config(cfg: DictConfig) -> TrainerConfig:
@@ -274,28 +446,72 @@ def trainer_config(cfg: DictConfig) -> TrainerConfig:
         train_every=int(t.train_every),
         batch_size=int(t.batch_size), buffer_size=int(t.buffer_size), eval_every=int(t.eval_every),
         eval_episodes=int(t.eval_episodes), checkpoint_every=int(t.checkpoint_every),
-        log_every=int(t.log_every), updater_every=int(cfg.algo.updater_every), seed=int(cfg.seed))
+        log_every=int(t.log_every), updater_every=int(cfg.algo.updater_every), seed=int(cfg.seed),
+        total_updates=int(t.total_updates), policy_snapshots=bool(t.policy_snapshots), term_windows=term_windows(cfg))
+
+
+@dataclass
+class Source:
+    """Where a run's data comes from: online envs (and a replay buffer) or an offline dataset."""
+
+    buffer: ReplayBuffer | TransitionSampler
+    eval_envs: object
+    obs_spec: Bounded
+    action_spec: Bounded | Categorical
+    envs: object | None = None                      # online training envs
+    normalizer: ObservationNormalizer | None = None
+    score_refs: tuple[float, float] | None = None
+
+
+def online_source(cfg: DictConfig, device: torch.device) -> Source:
+    env_kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True)
+    envs = make_vector_env(cfg.env.id, cfg.env.num_envs, cfg.env.max_episode_steps, **env_kwargs)
+    eval_envs = make_vector_env(cfg.env.id, min(cfg.env.eval_num_envs, cfg.trainer.eval_episodes),
+                                cfg.env.max_episode_steps, **env_kwargs)
+    buffer = ReplayBuffer(int(cfg.trainer.buffer_size), device, seed=cfg.seed)
+    return Source(buffer, eval_envs, *env_specs(envs), envs=envs)
+
+
+def offline_source(cfg: DictConfig, device: torch.device) -> Source:
+    data = load_offline_data(cfg.dataset)
+    eval_envs, obs_spec, action_spec = make_offline_eval_envs(cfg, data)
+    normalizer = prepare_offline_data(cfg, data).to(device)
+    return Source(TransitionSampler(data, device, seed=cfg.seed), eval_envs, obs_spec, action_spec,
+                  normalizer=normalizer, score_refs=score_refs(cfg, data))
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None = None,
                   initial_step: int = 0) -> Trainer:
     validate(cfg)
     device = resolve_device(cfg.device)
-    env_kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True)
-    envs = make_vector_env(cfg.env.id, cfg.env.num_envs, cfg.env.max_episode_steps, **env_kwargs)
-    eval_envs = make_vector_env(cfg.env.id, min(cfg.env.eval_num_envs, cfg.trainer.eval_episodes),
-                                cfg.env.max_episode_steps, **env_kwargs)
-    obs_spec, action_spec = env_specs(envs)
-    agent = build_agent(cfg, obs_spec, action_spec)
+    source = online_source(cfg, device) if cfg.dataset is None else offline_source(cfg, device)
+    agent = build_agent(cfg, source.obs_spec, source.action_spec)
     objective = agent.objective.to(device)
     updater = build_updater(objective, cfg.algo.updater)
-    groups = build_groups(objective, cfg.algo.optim)
-    collector = Collector(envs, agent.behaviour, device, seed=cfg.seed, exploration=agent.exploration)
-    config = trainer_config(cfg)
+    groups = build_groups(objective, cfg)
+    collector = None
+    if source.envs is not None:
+        collector = Collector(source.envs, agent.behaviour, device, seed=cfg.seed, exploration=agent.exploration)
+    eval_policy = agent.greedy
+    if source.normalizer is not None:
+        normalizer = source.normalizer
+        eval_policy = lambda obs: agent.greedy(normalizer(obs))  # noqa: E731
     return Trainer(
-        objective=objective, updater=updater, groups=groups,
-        buffer=ReplayBuffer(config.buffer_size, device, seed=cfg.seed),
-        collector=collector, eval_envs=eval_envs,
-        eval_policy=agent.greedy,
+        objective=objective, updater=updater, groups=groups, buffer=source.buffer, collector=collector,
+        eval_envs=source.eval_envs, eval_policy=eval_policy,
         loggers=build_loggers(cfg, run_dir, wandb_run_id, initial_step), run_dir=run_dir,
-        config=config, device=device)
+        config=trainer_config(cfg), device=device, score_refs=source.score_refs, normalizer=source.normalizer)
+
+
+def load_policy(cfg: DictConfig, state: dict, obs_spec: Bounded, action_spec, mode: str = "greedy"):
+    """The policy of a saved run: ``cfg`` is its config.yaml, ``state`` a checkpoint or policy snapshot.
+    ``mode`` is ``greedy`` (evaluation) or ``behaviour`` (collection, without exploration noise)."""
+    agent = build_agent(cfg, obs_spec, action_spec)
+    agent.objective.load_state_dict(state["objective"])
+    agent.objective.eval()
+    policy = agent.greedy if mode == "greedy" else agent.behaviour
+    if state.get("normalizer") is None:
+        return policy
+    normalizer = ObservationNormalizer.identity(obs_spec.dim)
+    normalizer.load_state_dict(state["normalizer"])
+    return lambda obs: policy(normalizer(obs))

@@ -14,6 +14,7 @@ import random
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.envs.registration import EnvSpec
 
 from rltrain.errors import ConfigError
 from rltrain.modules.specs import Bounded, Categorical, spec_from_space
@@ -30,22 +31,29 @@ def check_env_id(env_id: str) -> None:
                       "from configs/env/.")
 
 
-def make_env(env_id: str, max_episode_steps: int | None = None, **kwargs) -> gym.Env:
-    check_env_id(env_id)
+def make_env(env_id: str | EnvSpec, max_episode_steps: int | None = None, **kwargs) -> gym.Env:
+    """``gym.make`` with a clear error; ``Dict`` observations are flattened for the MLPs (in
+    ``gymnasium.spaces.flatten`` order, as the offline data loader flattens them)."""
+    if isinstance(env_id, str):
+        check_env_id(env_id)
+    name = env_id if isinstance(env_id, str) else env_id.id
     try:
-        return gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
-    except gym.error.Error as err:
-        raise ConfigError(f"could not create environment {env_id!r}: {err}") from err
+        env = gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
+    except (gym.error.Error, ImportError) as err:
+        raise ConfigError(f"could not create environment {name!r}: {err}") from err
+    if isinstance(env.observation_space, gym.spaces.Dict):
+        env = gym.wrappers.FlattenObservation(env)
+    return env
 
 
-def make_vector_env(env_id: str, num_envs: int = 1, max_episode_steps: int | None = None,
+def make_vector_env(env_id: str | EnvSpec, num_envs: int = 1, max_episode_steps: int | None = None,
                     **kwargs) -> gym.vector.SyncVectorEnv:
-    """``num_envs`` copies of ``env_id`` stepped in this process, NEXT_STEP autoreset."""
+    """``num_envs`` copies of ``env_id`` (an id or an ``EnvSpec``) stepped in this process, NEXT_STEP
+    autoreset."""
     if num_envs < 1:
         raise ConfigError(f"env.num_envs must be >= 1, got {num_envs}")
     first = make_env(env_id, max_episode_steps, **kwargs)  # validates once, with a clear error
-    fns = [lambda: first] + [lambda: gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
-                             for _ in range(num_envs - 1)]
+    fns = [lambda: first] + [lambda: make_env(env_id, max_episode_steps, **kwargs) for _ in range(num_envs - 1)]
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
 
 

@@ -1,8 +1,9 @@
 """Where metrics go: CSV files (always), the console, and optionally W&B or TensorBoard.
 
-Every logger receives two streams: ``train`` (loss terms and throughput, every ``log_every`` env
-steps) and ``eval`` (evaluation returns). Both carry ``env_step`` and ``update`` so curves can be
-drawn against either; online runs plot against env steps (the SB3 / CleanRL convention).
+Every logger receives two streams: ``train`` (loss terms and throughput, every ``log_every`` steps)
+and ``eval`` (evaluation returns). Both carry ``env_step`` and ``update`` so curves can be drawn
+against either. The x-axis (``step_key``) is ``env_step`` for online runs (the SB3 / CleanRL
+convention) and ``update``, the gradient step, for offline runs (the d3rlpy / jaxrl convention).
 """
 
 from __future__ import annotations
@@ -60,23 +61,24 @@ class CSVLogger:
             writer.writerows(rows)
         os.replace(tmp, path)
 
-    def truncate_after(self, env_step: int) -> None:
-        """Drop rows logged after ``env_step`` (they belong to the interrupted part of a run)."""
+    def truncate_after(self, step: int, step_key: str = "env_step") -> None:
+        """Drop rows logged after ``step`` (they belong to the interrupted part of a run)."""
         for stream, path in self.paths.items():
             if path.exists():
-                rows = [r for r in self._read(stream) if int(float(r["env_step"])) <= env_step]
+                rows = [r for r in self._read(stream) if int(float(r[step_key])) <= step]
                 self._write(path, self._columns[stream], rows)
 
 
 class WandbLogger:
     """Weights & Biases. Offline mode unless an API key is configured (or ``mode`` says otherwise).
 
-    Metrics are logged as ``train/*`` and ``eval/*`` against ``train/env_step`` (W&B's own step must
-    be monotonic, so it is not used as the x-axis).
+    Metrics are logged as ``train/*`` and ``eval/*`` against ``train/<step_key>`` (W&B's own step
+    must be monotonic, so it is not used as the x-axis).
     """
 
     def __init__(self, run_dir: Path, config: dict, *, project: str, entity: str | None, group: str | None,
-                 name: str | None, tags: list[str] | None, mode: str | None, run_id: str | None = None):
+                 name: str | None, tags: list[str] | None, mode: str | None, run_id: str | None = None,
+                 step_key: str = "env_step"):
         import wandb
 
         self._wandb = wandb
@@ -86,9 +88,11 @@ class WandbLogger:
             dir=str(run_dir), id=run_id, resume="allow" if run_id else None, reinit="create_new",
             settings=wandb.Settings(console="off"),
         )
-        self.run.define_metric("train/env_step")
-        self.run.define_metric("train/*", step_metric="train/env_step")
-        self.run.define_metric("eval/*", step_metric="train/env_step")
+        self.step_key = step_key
+        axis = f"train/{step_key}"
+        self.run.define_metric(axis)
+        self.run.define_metric("train/*", step_metric=axis)
+        self.run.define_metric("eval/*", step_metric=axis)
 
     @property
     def run_id(self) -> str:
@@ -96,7 +100,7 @@ class WandbLogger:
 
     def log(self, stream: str, metrics: Metrics) -> None:
         payload = {f"{stream}/{k}": v for k, v in metrics.items()}
-        payload["train/env_step"] = metrics["env_step"]
+        payload[f"train/{self.step_key}"] = metrics[self.step_key]
         self.run.log(payload)
 
     def summary(self, summary: dict[str, Any]) -> None:
@@ -114,17 +118,18 @@ def _wandb_has_api_key() -> bool:
 
 
 class TensorboardLogger:
-    """TensorBoard event files under ``<run_dir>/tensorboard``, x-axis = env steps."""
+    """TensorBoard event files under ``<run_dir>/tensorboard``, x-axis = ``step_key``."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, step_key: str = "env_step"):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        self.step_key = step_key
 
     def log(self, stream: str, metrics: Metrics) -> None:
-        step = int(metrics["env_step"])
+        step = int(metrics[self.step_key])
         for key, value in metrics.items():
-            if key != "env_step":
+            if key != self.step_key:
                 self.writer.add_scalar(f"{stream}/{key}", value, step)
 
     def close(self, exit_code: int = 0) -> None:
@@ -132,19 +137,19 @@ class TensorboardLogger:
 
 
 class ConsoleProgress:
-    """A live progress bar (env steps, updates/s, latest eval return) on a terminal; on a pipe or
-    file, one plain line per evaluation instead."""
+    """A live progress bar (env steps or updates, updates/s, latest eval return) on a terminal; on a
+    pipe or file, one plain line per evaluation instead."""
 
-    def __init__(self, total_env_steps: int, initial: int = 0, enabled: bool = True):
+    def __init__(self, total_steps: int, initial: int = 0, enabled: bool = True):
         self.interactive = enabled and sys.stderr.isatty()
         self.enabled = enabled
-        self.bar = tqdm(total=total_env_steps, initial=initial, unit="step", dynamic_ncols=True,
+        self.bar = tqdm(total=total_steps, initial=initial, unit="step", dynamic_ncols=True,
                         disable=not self.interactive, smoothing=0.05)
         self._postfix: dict[str, str] = {}
 
-    def advance(self, env_step: int) -> None:
+    def advance(self, step: int) -> None:
         if self.interactive:
-            self.bar.update(env_step - self.bar.n)
+            self.bar.update(step - self.bar.n)
 
     def train(self, metrics: Metrics) -> None:
         self._postfix["upd/s"] = f"{metrics.get('updates_per_s', 0.0):.0f}"
@@ -153,11 +158,15 @@ class ConsoleProgress:
 
     def eval(self, metrics: Metrics) -> None:
         self._postfix["eval"] = f"{metrics['return_mean']:.1f}"
+        score = metrics.get("normalized_score")
+        if score is not None:
+            self._postfix["score"] = f"{score:.1f}"
         if self.interactive:
             self.bar.set_postfix(self._postfix)
         elif self.enabled:
+            scored = "" if score is None else f" normalized_score={score:.1f}"
             print(f"[rltrain] env_step={metrics['env_step']} update={metrics['update']} "
-                  f"eval_return={metrics['return_mean']:.2f} ± {metrics['return_std']:.2f} "
+                  f"eval_return={metrics['return_mean']:.2f} ± {metrics['return_std']:.2f}{scored} "
                   f"upd/s={self._postfix.get('upd/s', '-')}", file=sys.stderr, flush=True)
 
     def close(self) -> None:

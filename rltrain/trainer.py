@@ -1,21 +1,32 @@
-"""The generic Trainer: one loop for every objective.
+"""The generic Trainer: one loop for every objective, online or offline.
 
-    while env_steps < total:
+Online (a :class:`~rltrain.collect.Collector` over a vector env, steps = env steps)::
+
+    while env_steps < total_env_steps:
         collect one vector step (random actions during warm-up) -> replay buffer
         every train_every env steps (after learning_starts), run the updates owed
-        (updates_per_step per env step, all sub-envs counted):
-            batch = buffer.sample(batch_size)
-            losses = objective(batch)            # all terms, one forward
-            sum(losses).backward()               # one backward: the groups are isolated
-            step each optimizer group due now    # e.g. an actor group with every=2
-            updater.step()                       # target networks
+        (updates_per_step per env step, all sub-envs counted)
         every K env steps: evaluate / log / checkpoint
+
+Offline (no collector; the source is a dataset sampler, steps = gradient steps)::
+
+    while updates < total_updates:
+        one update
+        every K updates: evaluate / log / checkpoint
+
+One update, either way::
+
+    batch = source.sample(batch_size)
+    losses = objective(batch)            # the terms of the groups due now, one forward
+    sum(losses).backward()               # one backward: the groups are isolated
+    step each optimizer group due now    # e.g. an actor group with every=2
+    updater.step()                       # target networks
 
 The Trainer knows the objective only through its contract (``loss_groups``,
 ``group_parameters``); per-algorithm differences are configuration (:class:`TrainerConfig`,
-:class:`OptimizerGroup`), not subclasses.
+:class:`OptimizerGroup`, term windows such as CQL's BC warm-up), not subclasses.
 
-Checkpoints are episode-aligned: at each checkpoint step every training episode is ended as
+Online checkpoints are episode-aligned: at each checkpoint step every training episode is ended as
 *truncated* and the envs restart from a seed derived from ``(seed, env_step)``. A resumed run
 restarts them the same way, so it continues exactly like a run that was never interrupted,
 whatever the environment (MuJoCo simulator state cannot be pickled).
@@ -26,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +46,17 @@ from torch import nn
 
 from rltrain import checkpoint
 from rltrain.collect import Collector
-from rltrain.data.replay import ReplayBuffer
 from rltrain.envs import derive_seed
 from rltrain.evaluate import evaluate
 from rltrain.loggers import Loggers
 from rltrain.objectives.common import LossModule
 
 CHECKPOINT_NAME = "last.pt"
+
+
+def normalized_score(episode_return: float, ref_min: float, ref_max: float) -> float:
+    """D4RL's normalized score: 0 = the random reference, 100 = the expert reference."""
+    return 100.0 * (episode_return - ref_min) / (ref_max - ref_min)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -63,6 +78,14 @@ class TrainerConfig:
     log_every: int = 1_000
     updater_every: int = 1
     seed: int = 0
+    total_updates: int = 100_000        # the offline budget (gradient steps)
+    policy_snapshots: bool = False      # keep the objective's weights at every evaluation
+    # loss term -> [first update, end update) in which it is trained; terms not listed: always.
+    term_windows: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+
+    def term_active(self, term: str, update: int) -> bool:
+        first, end = self.term_windows.get(term, (0, None))
+        return first <= update and (end is None or update < end)
 
 
 @dataclass
@@ -74,6 +97,7 @@ class OptimizerGroup:
     params: list[nn.Parameter]
     grad_clip: float | None = None
     every: int = 1
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped with the optimizer
 
 
 def _crossed(before: int, after: int, period: int) -> bool:
@@ -82,11 +106,18 @@ def _crossed(before: int, after: int, period: int) -> bool:
 
 
 class Trainer:
-    """Online off-policy training of ``objective`` (see the module docstring for the loop)."""
+    """Training of ``objective``, online from ``collector`` or, with ``collector=None``, offline from a
+    dataset sampler given as ``buffer`` (see the module docstring for the loop).
 
-    def __init__(self, *, objective: LossModule, updater, groups: list[OptimizerGroup], buffer: ReplayBuffer,
-                 collector: Collector, eval_envs, eval_policy, loggers: Loggers, run_dir: Path,
-                 config: TrainerConfig, device: torch.device):
+    ``score_refs = (ref_min, ref_max)`` adds the normalized score ``100 (R - ref_min) / (ref_max - ref_min)``
+    to every evaluation. ``normalizer`` (observation normalization, applied by ``eval_policy``) is
+    saved in checkpoints and policy snapshots.
+    """
+
+    def __init__(self, *, objective: LossModule, updater, groups: list[OptimizerGroup], buffer,
+                 collector: Collector | None, eval_envs, eval_policy, loggers: Loggers, run_dir: Path,
+                 config: TrainerConfig, device: torch.device, score_refs: tuple[float, float] | None = None,
+                 normalizer: nn.Module | None = None):
         self.objective = objective
         self.updater = updater
         self.groups = groups
@@ -98,12 +129,16 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.config = config
         self.device = device
+        self.score_refs = score_refs
+        self.normalizer = normalizer
         self.loss_keys = list(objective.loss_groups)
         self.env_steps = 0
         self.updates = 0
         self._owed_updates = 0.0
         self._elapsed = 0.0
+        self._start = time.perf_counter()
         self.last_eval: dict | None = None
+        self.best_eval: dict | None = None
         self._last_losses = None
         self._interval = {"time": time.perf_counter(), "updates": 0, "env_steps": 0}
         self._check_every_update = device.type == "cpu"
@@ -112,16 +147,30 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoints" / CHECKPOINT_NAME
 
+    @property
+    def offline(self) -> bool:
+        return self.collector is None
+
+    @property
+    def step(self) -> int:
+        """The schedule's clock: env steps online, gradient steps offline."""
+        return self.updates if self.offline else self.env_steps
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.total_updates if self.offline else self.config.total_env_steps
+
     # ---- the update step (hot path: no host sync but the CPU finiteness check) -------------------
     def update(self) -> None:
         step = self.updates + 1
         due = [group for group in self.groups if step % group.every == 0]
-        terms = self._terms_of(due)
+        terms = self._terms_of(due, self.updates)
         if not terms:  # every group waits for a later step (all `every` > 1)
             self.updates = step
             return
         batch = self.buffer.sample(self.config.batch_size)
-        losses = self.objective(batch) if len(due) == len(self.groups) else self.objective.forward_terms(batch, terms)
+        every_term = len(terms) == len(self.loss_keys)
+        losses = self.objective(batch) if every_term else self.objective.forward_terms(batch, terms)
         total = sum(losses.get(k) for k in terms if k in losses.keys())
         for group in self.groups:
             group.optimizer.zero_grad(set_to_none=True)
@@ -131,6 +180,8 @@ class Trainer:
             if group.grad_clip:
                 nn.utils.clip_grad_norm_(group.params, group.grad_clip, foreach=True)
             group.optimizer.step()
+            if group.scheduler is not None:
+                group.scheduler.step()
         if self.updater is not None and self.updates % self.config.updater_every == 0:
             self.updater.step()
         self._last_losses = losses
@@ -140,10 +191,11 @@ class Trainer:
         if self._check_every_update and not math.isfinite(total.item()):
             self._stop_on_nonfinite(losses)
 
-    def _terms_of(self, groups: list[OptimizerGroup]) -> frozenset[str]:
-        """The loss terms that train ``groups`` (only these are computed and backpropagated)."""
+    def _terms_of(self, groups: list[OptimizerGroup], update: int) -> frozenset[str]:
+        """The loss terms that train ``groups`` at ``update`` (only these are computed and backpropagated)."""
         names = {group.name for group in groups}
-        return frozenset(term for term, group in self.objective.loss_groups.items() if group in names)
+        return frozenset(term for term, group in self.objective.loss_groups.items()
+                         if group in names and self.config.term_active(term, update))
 
     def _verify_finite(self) -> None:
         losses = self._last_losses
@@ -164,10 +216,17 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self) -> dict:
+        self._start = time.perf_counter() - self._elapsed
+        self.loggers.console.advance(self.step)
+        if self.offline:
+            self._fit_offline()
+        else:
+            self._fit_online()
+        return self.summary()
+
+    def _fit_online(self) -> None:
         cfg = self.config
         num_envs = self.collector.num_envs
-        start = time.perf_counter() - self._elapsed
-        self.loggers.console.advance(self.env_steps)
         while self.env_steps < cfg.total_env_steps:
             before = self.env_steps
             after = before + num_envs
@@ -177,18 +236,31 @@ class Trainer:
             self.buffer.extend(transitions)
             self.env_steps = after
             self._run_owed_updates(before, after)
-            self.loggers.console.advance(after)
-            self._elapsed = time.perf_counter() - start
-            if _crossed(before, after, cfg.eval_every) or after >= cfg.total_env_steps:
-                self._evaluate()
-            if _crossed(before, after, cfg.log_every):
-                self._verify_finite()
-                self._log_train()
-            if at_checkpoint:
-                self._verify_finite()
+            self._periodic(before, after, at_checkpoint)
+
+    def _fit_offline(self) -> None:
+        cfg = self.config
+        while self.updates < cfg.total_updates:
+            before = self.updates
+            self.update()
+            after = self.updates
+            self._periodic(before, after, _crossed(before, after, cfg.checkpoint_every) or after >= cfg.total_updates)
+
+    def _periodic(self, before: int, after: int, at_checkpoint: bool) -> None:
+        """Progress, evaluation, logging and checkpoints due when the clock moved from ``before`` to ``after``."""
+        cfg = self.config
+        self.loggers.console.advance(after)
+        self._elapsed = time.perf_counter() - self._start
+        if _crossed(before, after, cfg.eval_every) or after >= self.total_steps:
+            self._evaluate()
+        if _crossed(before, after, cfg.log_every):
+            self._verify_finite()
+            self._log_train()
+        if at_checkpoint:
+            self._verify_finite()
+            if not self.offline:
                 self.collector.reset(derive_seed(cfg.seed, self.env_steps, 1))
-                self.save_checkpoint()
-        return self.summary()
+            self.save_checkpoint()
 
     def _run_owed_updates(self, before: int, after: int) -> None:
         """``updates_per_step`` updates per env step, run in bursts every ``train_every`` env steps."""
@@ -204,11 +276,25 @@ class Trainer:
     def _evaluate(self) -> None:
         self.objective.eval()
         result = evaluate(self.eval_envs, self.eval_policy, self.config.eval_episodes,
-                          seed=derive_seed(self.config.seed, self.env_steps, 2), device=self.device)
+                          seed=derive_seed(self.config.seed, self.step, 2), device=self.device)
         self.objective.train()
+        if self.score_refs is not None:
+            result["normalized_score"] = normalized_score(result["return_mean"], *self.score_refs)
         self.last_eval = {"env_step": self.env_steps, "update": self.updates, **result,
                           "time": round(self._elapsed, 3)}
+        if self.best_eval is None or result["return_mean"] > self.best_eval["return_mean"]:
+            self.best_eval = self.last_eval
         self.loggers.log_eval(self.last_eval)
+        if self.config.policy_snapshots:
+            self._save_snapshot()
+
+    def _save_snapshot(self) -> None:
+        """The objective's weights (and normalizer) at this evaluation, with its result: datasets of a
+        chosen quality are collected from these (``python -m rltrain.make_dataset``)."""
+        snapshot = {"objective": self.objective.state_dict(), "eval": self.last_eval,
+                    "normalizer": self.normalizer.state_dict() if self.normalizer is not None else None,
+                    "buffer_size": len(self.buffer)}
+        checkpoint.save_atomic(snapshot, self.run_dir / "checkpoints" / f"policy_{self.step:09d}.pt")
 
     def _log_train(self) -> None:
         now = time.perf_counter()
@@ -217,10 +303,12 @@ class Trainer:
                    "updates_per_s": (self.updates - self._interval["updates"]) / dt,
                    "env_steps_per_s": (self.env_steps - self._interval["env_steps"]) / dt,
                    "buffer_size": len(self.buffer)}
+        if self.offline:
+            del metrics["env_steps_per_s"]
         self._interval = {"time": now, "updates": self.updates, "env_steps": self.env_steps}
         if self._last_losses is not None:
             metrics.update({k: float(v.detach()) for k, v in self._last_losses.items() if v.numel() == 1})
-        episodes = self.collector.pop_finished_episodes()
+        episodes = [] if self.offline else self.collector.pop_finished_episodes()
         if episodes:
             metrics["episode_return"] = float(np.mean([r for r, _ in episodes]))
             metrics["episode_length"] = float(np.mean([n for _, n in episodes]))
@@ -231,13 +319,16 @@ class Trainer:
         return {
             "objective": self.objective.state_dict(),
             "optimizers": {g.name: g.optimizer.state_dict() for g in self.groups},
+            "schedulers": {g.name: g.scheduler.state_dict() for g in self.groups if g.scheduler is not None},
             "updater": self.updater.state_dict() if self.updater is not None else {},
             "buffer": self.buffer.state_dict(),
-            "collector_rng": self.collector.rng.bit_generator.state,
+            "collector_rng": None if self.offline else self.collector.rng.bit_generator.state,
+            "normalizer": self.normalizer.state_dict() if self.normalizer is not None else None,
             "rng": checkpoint.rng_state(),
             "counters": {"env_steps": self.env_steps, "updates": self.updates,
                          "owed_updates": self._owed_updates, "elapsed": self._elapsed},
             "last_eval": self.last_eval,
+            "best_eval": self.best_eval,
             "loggers": self.loggers.state_dict(),
         }
 
@@ -245,15 +336,20 @@ class Trainer:
         self.objective.load_state_dict(state["objective"])
         for group in self.groups:
             group.optimizer.load_state_dict(state["optimizers"][group.name])
+            if group.scheduler is not None:
+                group.scheduler.load_state_dict(state["schedulers"][group.name])
         if self.updater is not None:
             self.updater.load_state_dict(state["updater"])
         self.buffer.load_state_dict(state["buffer"])
-        self.collector.rng.bit_generator.state = state["collector_rng"]
+        if self.normalizer is not None:
+            self.normalizer.load_state_dict(state["normalizer"])
         counters = state["counters"]
         self.env_steps, self.updates = counters["env_steps"], counters["updates"]
         self._owed_updates, self._elapsed = counters["owed_updates"], counters["elapsed"]
-        self.last_eval = state["last_eval"]
-        self.collector.reset(derive_seed(self.config.seed, self.env_steps, 1))
+        self.last_eval, self.best_eval = state["last_eval"], state["best_eval"]
+        if not self.offline:
+            self.collector.rng.bit_generator.state = state["collector_rng"]
+            self.collector.reset(derive_seed(self.config.seed, self.env_steps, 1))
         checkpoint.set_rng_state(state["rng"])
         self._interval = {"time": time.perf_counter(), "updates": self.updates, "env_steps": self.env_steps}
 
@@ -261,10 +357,19 @@ class Trainer:
         checkpoint.save_atomic(self.state_dict(), self.checkpoint_path)
 
     def summary(self) -> dict:
-        final = self.last_eval or {}
+        final, best = self.last_eval or {}, self.best_eval or {}
         summary = {
             "final_eval_return": final.get("return_mean"),
             "final_eval_return_std": final.get("return_std"),
+            "best_eval_return": best.get("return_mean"),
+            "best_eval_step": best.get("update" if self.offline else "env_step"),
+        }
+        if self.score_refs is not None:
+            summary |= {"final_normalized_score": final.get("normalized_score"),
+                        "best_normalized_score": best.get("normalized_score"),
+                        "ref_min_score": self.score_refs[0], "ref_max_score": self.score_refs[1]}
+        summary |= {
+            "mode": "offline" if self.offline else "online",
             "env_steps": self.env_steps,
             "updates": self.updates,
             "time_s": round(self._elapsed, 1),

@@ -82,9 +82,15 @@ def run_cli(args: list[str], run_root: Path, timeout: float = 600, check: bool =
             env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
     """``python -m rltrain <args>`` in a subprocess, runs under ``run_root``, W&B disabled unless
     ``env`` says otherwise (a ``None`` value unsets a variable)."""
+    return run_module("rltrain", [*args, f"run_root={run_root}"], timeout, check, env)
+
+
+def run_module(module: str, args: list[str], timeout: float = 600, check: bool = True,
+               env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` in a subprocess (see :func:`run_cli` for ``env``)."""
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})}
     env = {k: v for k, v in env.items() if v is not None}
-    cmd = [sys.executable, "-m", "rltrain", *args, f"run_root={run_root}"]
+    cmd = [sys.executable, "-m", module, *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

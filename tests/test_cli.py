@@ -61,10 +61,13 @@ def test_same_seed_same_metrics(tmp_path):
     [],  # SAC on Pendulum: soft targets, stochastic policy
     ["algo=dqn", "env=cartpole", "algo.updater.value_network_update_interval=50",
      "algo.exploration.annealing_steps=2000"],  # hard-update counter, epsilon-greedy, discrete env
-], ids=["sac", "dqn"])
-def test_resume_after_sigkill_equals_uninterrupted(tmp_path, algo):
+    ["algo=iql", "dataset=minari", "dataset.id=rltrain-test/pendulum/tiny-v0",  # offline: dataset sampler,
+     "trainer.total_updates=3000"],                                             # normalizer, cosine lr
+], ids=["sac", "dqn", "iql-offline"])
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path, algo, tiny_datasets):
     args = [*SHORT, *algo, "trainer.total_env_steps=3000", "trainer.checkpoint_every=1000",
             "trainer.eval_every=1000", "trainer.warmup_steps=200", "trainer.learning_starts=200", "seed=7"]
+    counter = "updates" if "dataset=minari" in algo else "env_steps"
     run_cli(args, tmp_path / "whole")
     whole = only_run_dir(tmp_path / "whole")
 
@@ -82,7 +85,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, algo):
     assert checkpoint is not None and proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    steps_at_kill = torch.load(checkpoint, weights_only=False)["counters"]["env_steps"]
+    steps_at_kill = torch.load(checkpoint, weights_only=False)["counters"][counter]
     assert steps_at_kill < 3000
 
     cut = checkpoint.parent.parent

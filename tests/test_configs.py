@@ -18,7 +18,9 @@ ALGOS = sorted(p.stem for p in (CONFIGS / "algo").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 LOGGERS = sorted(p.stem for p in (CONFIGS / "logger").glob("*.yaml"))
 DISCRETE_ENVS = {"cartpole", "acrobot", "mountaincar", "lunarlander"}
-DISCRETE_ALGOS = {"dqn", "c51"}
+DISCRETE_ALGOS = {"dqn", "c51", "discrete_iql", "discrete_cql"}
+OFFLINE_ALGOS = {"iql", "cql", "td3bc", "bc", "discrete_iql", "discrete_cql"}
+DATASETS = sorted(str(p.relative_to(CONFIGS / "dataset").with_suffix("")) for p in (CONFIGS / "dataset").rglob("*.yaml"))
 SMALL = ["device=cpu", "logger.progress=false", "trainer.eval_episodes=1", "network.critic.num_cells=[16,16]",
          "network.actor.num_cells=[16,16]"]
 
@@ -30,8 +32,9 @@ def compose_config(*overrides: str):
 
 def build(tmp_path, *overrides: str):
     trainer = build_trainer(compose_config(*overrides, *SMALL), tmp_path)
-    for _ in range(3):
-        trainer.buffer.extend(trainer.collector.step(random=False))
+    if not trainer.offline:
+        for _ in range(3):
+            trainer.buffer.extend(trainer.collector.step(random=False))
     return trainer
 
 
@@ -49,9 +52,13 @@ def test_env_config_builds_and_collects(env, tmp_path):
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-def test_algo_config_builds_and_updates(algo, tmp_path):
+def test_algo_config_builds_and_updates(algo, tmp_path, request):
     env = "cartpole" if algo in DISCRETE_ALGOS else "pendulum"
-    trainer = build(tmp_path, f"algo={algo}", f"env={env}", "trainer.batch_size=3")
+    source = [f"env={env}"]
+    if algo in OFFLINE_ALGOS:
+        source = ["dataset=minari", f"dataset.id={request.getfixturevalue('tiny_datasets')[env]}"]
+    trainer = build(tmp_path, f"algo={algo}", *source, "trainer.batch_size=3")
+    assert trainer.offline == (algo in OFFLINE_ALGOS)
     trainer.update()
     assert trainer.updates == 1
     assert {g.name for g in trainer.groups} == set(trainer.objective.parameter_groups)

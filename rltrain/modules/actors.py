@@ -1,4 +1,5 @@
-"""TensorDict-in / TensorDict-out wrappers: ``ValueOperator``, ``Actor``, ``ProbabilisticActor``.
+"""TensorDict-in / TensorDict-out wrappers: ``ValueOperator``, ``Actor``, ``ProbabilisticActor``,
+``CategoricalActor``.
 
 They follow the reference pages' public API (built on ``tensordict.nn``), so user code written for
 them ports by changing imports. Each wrapper also offers a plain-tensor path (:func:`call_tensors`,
@@ -163,4 +164,74 @@ class ProbabilisticActor(TensorDictModuleBase):
         tensordict.set(self.action_key, action)
         if self.return_log_prob:
             tensordict.set(self.log_prob_key, log_prob)
+        return tensordict
+
+
+class CategoricalActor(TensorDictModuleBase):
+    """A stochastic policy over ``n`` discrete actions: a network writes logits ``[*B, n]`` that
+    define a ``torch.distributions.Categorical``; the action is an int64 index ``[*B]`` (what a
+    gymnasium ``Discrete`` env takes).
+
+    Args:
+        module: the logits network: a plain ``nn.Module`` taking the ``in_keys`` tensors, or a
+            TensorDict module writing the logits (its first out key).
+        in_keys: the observation keys (default: the TensorDict module's, else ``["observation"]``).
+        out_keys: the action key(s); default ``["action"]``.
+        spec: the action spec (e.g. :class:`~rltrain.modules.Categorical`), kept for builders.
+        logits_key: where :meth:`forward` writes the logits of a plain module (default
+            ``"logits"``); a TensorDict module's own out key is used otherwise.
+        return_log_prob: also write the action's log-probability (``log_prob_key``).
+        default_interaction_type: how to act outside ``set_interaction_type``:
+            ``DETERMINISTIC`` (the most likely action) or ``RANDOM`` (a sample).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        in_keys: Sequence[NestedKey] | None = None,
+        out_keys: Sequence[NestedKey] | None = None,
+        *,
+        spec=None,
+        logits_key: NestedKey = "logits",
+        return_log_prob: bool = False,
+        log_prob_key: str | None = None,
+        default_interaction_type: InteractionType = InteractionType.DETERMINISTIC,
+    ):
+        super().__init__()
+        self.module = module
+        self._tensordict_net = isinstance(module, TensorDictModuleBase)
+        self.in_keys = _as_keys(in_keys, list(module.in_keys) if self._tensordict_net else ["observation"])
+        self.logits_key = module.out_keys[0] if self._tensordict_net else logits_key
+        self.action_key = _as_keys(out_keys, ["action"])[0]
+        self.log_prob_key = log_prob_key or default_log_prob_key(self.action_key)
+        self.return_log_prob = return_log_prob
+        self.spec = spec
+        self.default_interaction_type = default_interaction_type
+        self.out_keys = [self.logits_key, self.action_key] + ([self.log_prob_key] if return_log_prob else [])
+
+    def logits(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Unnormalised log-probabilities ``[*B, n]`` given the ``in_keys`` tensors (plain-tensor path)."""
+        return call_tensors(self.module, *inputs)[0] if self._tensordict_net else self.module(*inputs)
+
+    def distribution(self, *inputs: torch.Tensor) -> torch.distributions.Categorical:
+        """The action distribution given the ``in_keys`` tensors (plain-tensor path)."""
+        return torch.distributions.Categorical(logits=self.logits(*inputs), validate_args=False)
+
+    def act(self, *inputs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """The most likely action (``deterministic``) or a sample, as an int64 index ``[*B]``."""
+        if deterministic:
+            return self.logits(*inputs).argmax(-1)
+        return self.distribution(*inputs).sample()
+
+    def get_dist(self, tensordict: TensorDictBase) -> torch.distributions.Categorical:
+        return self.distribution(*(tensordict.get(k) for k in self.in_keys))
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        dist = self.get_dist(tensordict)
+        mode = interaction_type() or self.default_interaction_type
+        action = dist.sample() if mode is InteractionType.RANDOM else dist.logits.argmax(-1)
+        tensordict.set(self.logits_key, dist.logits)
+        tensordict.set(self.action_key, action)
+        if self.return_log_prob:
+            tensordict.set(self.log_prob_key, dist.log_prob(action))
         return tensordict

@@ -1,13 +1,17 @@
 """Objectives: pure loss math, one family per file, looked up by name in a registry."""
 
+from rltrain.objectives.bc import BCLoss
 from rltrain.objectives.common import LossModule, ValueEstimators, distance_loss, reduce_loss, td0_target
+from rltrain.objectives.cql import CQLLoss, DiscreteCQLLoss
 from rltrain.objectives.crossq import CrossQLoss
 from rltrain.objectives.ddpg import DDPGLoss
 from rltrain.objectives.dqn import DistributionalDQNLoss, DQNLoss
+from rltrain.objectives.iql import DiscreteIQLLoss, IQLLoss
 from rltrain.objectives.redq import REDQLoss
 from rltrain.objectives.registry import get_objective, register_objective, registered_objectives
 from rltrain.objectives.sac import SACLoss
 from rltrain.objectives.td3 import TD3Loss
+from rltrain.objectives.td3_bc import TD3BCLoss
 
 register_objective("sac")(SACLoss)
 register_objective("td3")(TD3Loss)
@@ -16,8 +20,15 @@ register_objective("redq")(REDQLoss)
 register_objective("crossq")(CrossQLoss)
 register_objective("dqn")(DQNLoss)
 register_objective("c51")(DistributionalDQNLoss)
+register_objective("iql")(IQLLoss)
+register_objective("discrete_iql")(DiscreteIQLLoss)
+register_objective("cql")(CQLLoss)
+register_objective("discrete_cql")(DiscreteCQLLoss)
+register_objective("td3bc")(TD3BCLoss)
+register_objective("bc")(BCLoss)
 
 __all__ = [
+    "BCLoss", "CQLLoss", "DiscreteCQLLoss", "DiscreteIQLLoss", "IQLLoss", "TD3BCLoss",
     "CrossQLoss", "DDPGLoss", "DQNLoss", "DistributionalDQNLoss", "LossModule", "REDQLoss", "SACLoss", "TD3Loss",
     "ValueEstimators", "distance_loss", "get_objective", "reduce_loss", "register_objective",
     "registered_objectives", "td0_target",
