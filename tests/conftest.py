@@ -1,4 +1,5 @@
-"""Session fixtures: a Minari root for the run, and small real datasets written into it."""
+"""Session fixtures: a Minari root, small real datasets written into it, and the training runs that
+the learning checks share with the offline datasets made from them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 
 from rltrain.data.minari_data import write_minari_dataset
 from rltrain.make_dataset import random_policy, rollout
+from tests.helpers import LEARNING_RUNS, only_run_dir, run_cli, run_module
 
 # env name -> (gymnasium id, reference returns (random, expert) recorded in the tiny datasets)
 TINY_ENVS = {"pendulum": ("Pendulum-v1", (-1200.0, -150.0)), "cartpole": ("CartPole-v1", (20.0, 500.0))}
@@ -31,4 +33,33 @@ def tiny_datasets(minari_session_root) -> dict[str, str]:
         ids[name] = f"rltrain-test/{name}/tiny-v0"
         write_minari_dataset(ids[name], episodes, env=env_id, ref_min_score=ref_min, ref_max_score=ref_max,
                              algorithm_name="random")
+    return ids
+
+
+@pytest.fixture(scope="session")
+def learning_run(tmp_path_factory):
+    """``learning_run(name, seed)``: the run directory of ``python -m rltrain LEARNING_RUNS[name] seed=<seed>``,
+    trained once per session."""
+    runs = {}
+
+    def get(name: str, seed: int):
+        if (name, seed) not in runs:
+            root = tmp_path_factory.mktemp(f"{name}-{seed}")
+            run_cli([*LEARNING_RUNS[name], f"seed={seed}"], root, timeout=900)
+            runs[name, seed] = only_run_dir(root)
+        return runs[name, seed]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def medium_datasets(minari_session_root, learning_run) -> dict[str, str]:
+    """env name -> id of a D4RL-style medium dataset (10k transitions) made with ``rltrain.make_dataset``
+    from the seed-0 learning run: the policy snapshot closest to half-way between random and the
+    run's final policy."""
+    ids = {}
+    for env, run in (("pendulum", "sac_pendulum"), ("cartpole", "dqn_cartpole")):
+        ids[env] = f"rltrain-test/{env}/medium-v0"
+        run_module("rltrain.make_dataset", [f"env={env}", "quality=medium", f"source_run={learning_run(run, 0)}",
+                                            "steps=10000", "ref_episodes=20", f"dataset_id={ids[env]}"])
     return ids

@@ -17,6 +17,18 @@ from rltrain.modules import MLP, Bounded, NormalParamExtractor, ProbabilisticAct
 # Small networks and budgets keep end-to-end runs to seconds on a 2-core CPU.
 SMALL_NETS = ["network.actor.num_cells=[32,32]", "network.critic.num_cells=[32,32]"]
 
+# The learning checks' networks (64x64) and the two online runs the suite trains once and shares:
+# their learning tests assert the returns, and the offline tests make medium datasets from their
+# policy snapshots.
+LEARNING_NETS = ["network.actor.num_cells=[64,64]", "network.critic.num_cells=[64,64]", "logger.progress=false",
+                 "trainer.eval_episodes=10"]
+LEARNING_RUNS = {
+    "sac_pendulum": [*LEARNING_NETS, "trainer.total_env_steps=15000", "trainer.eval_every=1000",
+                     "trainer.policy_snapshots=true"],
+    "dqn_cartpole": ["experiment=dqn_cartpole", "algo.loss.double_dqn=true", "logger.progress=false",
+                     "trainer.total_env_steps=40000", "trainer.eval_every=5000", "trainer.policy_snapshots=true"],
+}
+
 
 def make_actor(obs_dim: int, act_dim: int, hidden=(16,), low=-1.0, high=1.0) -> ProbabilisticActor:
     spec = Bounded(torch.full((act_dim,), low), torch.full((act_dim,), high))

@@ -13,12 +13,11 @@ import json
 
 import pytest
 
-from tests.helpers import only_run_dir, run_cli
+from tests.helpers import LEARNING_NETS as SMALL
+from tests.helpers import LEARNING_RUNS, only_run_dir, run_cli
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["network.actor.num_cells=[64,64]", "network.critic.num_cells=[64,64]", "logger.progress=false",
-         "trainer.eval_episodes=10"]
 PENDULUM = -250.0
 CARTPOLE = 475.0
 
@@ -28,8 +27,7 @@ CASES = {
     "redq": ["algo=redq", *SMALL, "trainer.updates_per_step=5", "trainer.total_env_steps=4000",
              "trainer.eval_every=1000"],
     "crossq": ["algo=crossq", *SMALL, "trainer.total_env_steps=10000", "trainer.eval_every=2500"],
-    "dqn": ["experiment=dqn_cartpole", "algo.loss.double_dqn=true", "logger.progress=false",
-            "trainer.total_env_steps=40000", "trainer.eval_every=5000"],
+    "dqn": LEARNING_RUNS["dqn_cartpole"],
     "c51": ["experiment=c51_cartpole", "logger.progress=false", "trainer.total_env_steps=40000",
             "trainer.eval_every=5000"],
 }
@@ -43,17 +41,19 @@ def eval_returns(run_dir) -> list[float]:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_sac_learns_pendulum_within_15k_steps(tmp_path, seed):
-    run_cli([f"seed={seed}", *SMALL, "trainer.total_env_steps=15000", "trainer.eval_every=5000"], tmp_path,
-            timeout=900)
-    summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())
+def test_sac_learns_pendulum_within_15k_steps(learning_run, seed):
+    summary = json.loads((learning_run("sac_pendulum", seed) / "summary.json").read_text())
     assert summary["env_steps"] == 15000
     assert summary["final_eval_return"] >= PENDULUM, summary
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("algo", list(CASES))
-def test_algorithm_reaches_its_threshold(tmp_path, algo, seed):
-    run_cli([*CASES[algo], f"seed={seed}"], tmp_path, timeout=900)
-    returns = eval_returns(only_run_dir(tmp_path))
+def test_algorithm_reaches_its_threshold(tmp_path, learning_run, algo, seed):
+    if algo == "dqn":
+        run_dir = learning_run("dqn_cartpole", seed)
+    else:
+        run_cli([*CASES[algo], f"seed={seed}"], tmp_path, timeout=900)
+        run_dir = only_run_dir(tmp_path)
+    returns = eval_returns(run_dir)
     assert max(returns) >= THRESHOLDS[algo], f"{algo} seed {seed}: evaluation returns {returns}"
