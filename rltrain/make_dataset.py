@@ -182,18 +182,21 @@ def check_request(cfg: DictConfig) -> str:
     return dataset_id
 
 
+def random_data(cfg: DictConfig, env: gym.Env) -> list[dict]:
+    seed = derive_seed(cfg.seed, _DATA)
+    return rollout(env, random_policy(env, seed), cfg.steps, seed)
+
+
 def collect(cfg: DictConfig, env: gym.Env) -> tuple[list[dict], float, float | None, str]:
     """The episodes of the requested quality, the reference scores and a description."""
     random_ref = mean_return(env, random_policy(env, cfg.seed), cfg.ref_episodes, derive_seed(cfg.seed, _REFERENCE))
     if cfg.quality == "random" and not cfg.source_run:
-        episodes = rollout(env, random_policy(env, derive_seed(cfg.seed, _DATA)), cfg.steps, derive_seed(cfg.seed, _DATA))
-        return episodes, random_ref, cfg.ref_max_score, "uniform random actions"
+        return random_data(cfg, env), random_ref, cfg.ref_max_score, "uniform random actions"
     source = SourceRun(cfg.source_run)
     expert = source.policy(source.last, env, cfg.policy_mode)
     expert_ref = mean_return(env, expert, cfg.ref_episodes, derive_seed(cfg.seed, _REFERENCE))
     if cfg.quality == "random":
-        episodes = rollout(env, random_policy(env, derive_seed(cfg.seed, _DATA)), cfg.steps, derive_seed(cfg.seed, _DATA))
-        return episodes, random_ref, expert_ref, "uniform random actions"
+        return random_data(cfg, env), random_ref, expert_ref, "uniform random actions"
     if cfg.quality == "expert":
         episodes = rollout(env, expert, cfg.steps, derive_seed(cfg.seed, _DATA))
         return episodes, random_ref, expert_ref, f"final policy of {source.run_dir}"
@@ -218,6 +221,8 @@ def make_dataset(cfg: DictConfig):
     seed_everything(cfg.seed)
     env = make_env(cfg.env.id, cfg.env.max_episode_steps, **OmegaConf.to_container(cfg.env.kwargs, resolve=True))
     episodes, ref_min, ref_max, about = collect(cfg, env)
+    if ref_max is None:  # random data without an expert: no normalized-score references at all
+        ref_min = None
     return write_minari_dataset(
         dataset_id, episodes, env=env.spec, eval_env=env.spec, ref_min_score=ref_min, ref_max_score=ref_max,
         algorithm_name=f"rltrain-{cfg.quality}", num_episodes_average_score=cfg.ref_episodes,
