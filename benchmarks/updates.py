@@ -12,6 +12,13 @@ continuous tasks use HalfCheetah's sizes (obs 17, act 6), DQN uses CartPole's (o
   timed unit is one update; rates average over the delay cycle).
 * ``redq``: REDQ, 10 critics, a random pair for the target, actor on the mean of all critics.
 * ``dqn``: DQN, Huber loss, hard target copy every 1000 updates.
+* ``iql``: IQL (offline), 2 critics + V, expectile 0.7, temperature 3, cosine actor learning rate.
+* ``cql``: CQL (offline), CQL(H) with importance sampling, 10 actions per kind, weight 10, learned
+  alpha, deterministic backup (CORL's settings).
+* ``td3bc``: TD3+BC (offline), alpha 2.5, actor and targets every 2nd update.
+
+Offline algorithms sample from rltrain's dataset sampler (the path ``dataset=...`` runs use), the
+hand-written loops from the same tensors.
 
 Rates are timed in interleaved rounds in one process (each side runs ``--seconds`` per round); the
 ratio is the median over rounds of (rltrain updates/s) / (hand-written updates/s). Acting latency
@@ -67,10 +74,17 @@ class TanhGaussianActor(nn.Module):
         super().__init__()
         self.net = mlp(obs, 2 * act)
 
-    def forward(self, obs):
+    def normal(self, obs):
         mean, raw_scale = self.net(obs).chunk(2, -1)
         std = F.softplus(raw_scale + 0.5413).clamp_min(1e-4)  # softplus(0.5413) = 1
-        normal = torch.distributions.Normal(mean, std)
+        return torch.distributions.Normal(mean, std)
+
+    def log_prob(self, obs, action):
+        action = action.clamp(-1 + 1e-6, 1 - 1e-6)
+        return (self.normal(obs).log_prob(torch.atanh(action)) - torch.log(1 - action.pow(2) + 1e-6)).sum(-1)
+
+    def forward(self, obs):
+        normal = self.normal(obs)
         pre_tanh = normal.rsample()
         action = torch.tanh(pre_tanh)
         log_prob = (normal.log_prob(pre_tanh) - torch.log(1 - action.pow(2) + 1e-6)).sum(-1)
@@ -156,13 +170,17 @@ class HandTD3(HandWritten):
         self.q_opt.step()
         self.updates += 1
         if self.updates % 2 == 0:
-            actor_loss = -self.q1(obs, self.actor(obs)).mean()
+            actor_loss = self.actor_loss(obs, act)
             self.actor_opt.zero_grad()
             actor_loss.backward()
             self.actor_opt.step()
             for net, target_net in ((self.actor, self.actor_target), (self.q1, self.q1_target),
                                     (self.q2, self.q2_target)):
                 soft_update(net, target_net)
+
+
+    def actor_loss(self, obs, act):
+        return -self.q1(obs, self.actor(obs)).mean()
 
 
 class HandREDQ(HandWritten):
@@ -233,13 +251,123 @@ class HandDQN(HandWritten):
             self.q_target.load_state_dict(self.q.state_dict())
 
 
+class HandIQL(HandWritten):
+    """As in CORL's single-file IQL: V, twin Q with targets, AWR actor with a cosine learning rate."""
+
+    def __init__(self, data, obs, act, batch, expectile: float = 0.7, temperature: float = 3.0):
+        super().__init__(data, batch)
+        self.expectile, self.temperature = expectile, temperature
+        self.actor = TanhGaussianActor(obs, act)
+        self.q1, self.q2 = Q(obs, act), Q(obs, act)
+        self.q1_target, self.q2_target = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
+        self.v = mlp(obs, 1)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
+        self.q_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=3e-4)
+        self.v_opt = torch.optim.Adam(self.v.parameters(), lr=3e-4)
+        self.actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_opt, T_max=1_000_000)
+
+    def update(self):
+        obs, act, rew, next_obs, term = self.sample()
+        with torch.no_grad():
+            target_q = torch.min(self.q1_target(obs, act), self.q2_target(obs, act))
+            next_v = self.v(next_obs).squeeze(-1)
+        adv = target_q - self.v(obs).squeeze(-1)
+        weight = torch.abs(self.expectile - (adv < 0).float())
+        v_loss = (weight * adv.pow(2)).mean()
+        self.v_opt.zero_grad()
+        v_loss.backward()
+        self.v_opt.step()
+
+        target = rew + 0.99 * (1 - term) * next_v
+        q_loss = F.mse_loss(self.q1(obs, act), target) + F.mse_loss(self.q2(obs, act), target)
+        self.q_opt.zero_grad()
+        q_loss.backward()
+        self.q_opt.step()
+        soft_update(self.q1, self.q1_target)
+        soft_update(self.q2, self.q2_target)
+
+        exp_adv = torch.exp(self.temperature * adv.detach()).clamp(max=100.0)
+        actor_loss = (-exp_adv * self.actor.log_prob(obs, act)).mean()
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        self.actor_opt.step()
+        self.actor_schedule.step()
+
+
+class HandCQL(HandWritten):
+    """As in CORL's single-file CQL: SAC plus the CQL(H) penalty with importance sampling."""
+
+    def __init__(self, data, obs, act, batch, num_actions: int = 10, weight: float = 10.0):
+        super().__init__(data, batch)
+        self.act_dim, self.num_actions, self.weight = act, num_actions, weight
+        self.actor = TanhGaussianActor(obs, act)
+        self.q1, self.q2 = Q(obs, act), Q(obs, act)
+        self.q1_target, self.q2_target = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
+        self.log_alpha = torch.zeros(1, requires_grad=True)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=3e-5)
+        self.q_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=3e-4)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=3e-4)
+
+    def penalty(self, q, obs, repeated_obs, random_act, cur_act, cur_logp, next_act, next_logp, q_data):
+        n, a = self.num_actions, self.act_dim
+        q_rand = q(repeated_obs, random_act).view(-1, n) - a * np.log(0.5)
+        q_cur = q(repeated_obs, cur_act).view(-1, n) - cur_logp.view(-1, n)
+        q_next = q(repeated_obs, next_act).view(-1, n) - next_logp.view(-1, n)
+        return (torch.logsumexp(torch.cat([q_rand, q_cur, q_next], 1), 1) - q_data).mean()
+
+    def update(self):
+        obs, act, rew, next_obs, term = self.sample()
+        pi, logp = self.actor(obs)
+        alpha_loss = -(self.log_alpha * (logp.detach() - self.act_dim)).mean()
+        alpha = self.log_alpha.exp().detach()
+        actor_loss = (alpha * logp - torch.min(self.q1(obs, pi), self.q2(obs, pi))).mean()
+
+        q1_data, q2_data = self.q1(obs, act), self.q2(obs, act)
+        with torch.no_grad():
+            next_act, _ = self.actor(next_obs)
+            target = rew + 0.99 * (1 - term) * torch.min(self.q1_target(next_obs, next_act),
+                                                          self.q2_target(next_obs, next_act))
+            repeated_obs = obs.repeat_interleave(self.num_actions, 0)
+            random_act = torch.rand(repeated_obs.shape[0], self.act_dim) * 2 - 1
+            cur_act, cur_logp = self.actor(repeated_obs)
+            next_act_n, next_logp_n = self.actor(next_obs.repeat_interleave(self.num_actions, 0))
+        samples = (repeated_obs, random_act, cur_act, cur_logp, next_act_n, next_logp_n)
+        q_loss = (F.mse_loss(q1_data, target) + F.mse_loss(q2_data, target)
+                  + self.weight * (self.penalty(self.q1, obs, *samples, q1_data)
+                                   + self.penalty(self.q2, obs, *samples, q2_data)))
+        self.alpha_opt.zero_grad()
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        self.actor_opt.step()
+        self.q_opt.zero_grad()
+        q_loss.backward()
+        self.q_opt.step()
+        soft_update(self.q1, self.q1_target)
+        soft_update(self.q2, self.q2_target)
+
+
+class HandTD3BC(HandTD3):
+    """As in the TD3+BC authors' code: TD3's critic, actor -lambda Q + (pi(s) - a)^2."""
+
+    def actor_loss(self, obs, act):
+        pi = self.actor(obs)
+        q = self.q1(obs, pi)
+        return -(2.5 / q.abs().mean().detach()) * q.mean() + F.mse_loss(pi, act)
+
+
 # (hand-written class, rltrain overrides, sizes)
 ALGOS = {
     "sac": (HandSAC, ["algo=sac", "env=halfcheetah"], CONTINUOUS),
     "td3": (HandTD3, ["algo=td3", "env=halfcheetah"], CONTINUOUS),
     "redq": (HandREDQ, ["algo=redq", "env=halfcheetah"], CONTINUOUS),
     "dqn": (HandDQN, ["algo=dqn", "env=cartpole", "algo.updater.value_network_update_interval=1000"], DISCRETE),
+    "iql": (HandIQL, ["algo=iql", "env=halfcheetah"], CONTINUOUS),
+    "cql": (HandCQL, ["algo=cql", "env=halfcheetah"], CONTINUOUS),
+    "td3bc": (HandTD3BC, ["algo=td3bc", "env=halfcheetah"], CONTINUOUS),
 }
+OFFLINE = {"iql", "cql", "td3bc"}
 
 
 def make_data(sizes: dict, discrete: bool) -> dict[str, torch.Tensor]:
@@ -250,8 +378,27 @@ def make_data(sizes: dict, discrete: bool) -> dict[str, torch.Tensor]:
             "next_obs": torch.randn(CAPACITY, obs), "term": (torch.rand(CAPACITY) < 0.01).float()}
 
 
-def rltrain_trainer(overrides: list[str], data: dict[str, torch.Tensor], batch: int):
-    """A Trainer built from the configs with the benchmark's sizes; its replay buffer holds ``data``."""
+def dataset_sampler(data: dict[str, torch.Tensor]):
+    """rltrain's offline sampler over ``data`` (each transition stored as a one-step episode)."""
+    import gymnasium as gym
+
+    from rltrain.data.minari_data import OfflineData, TransitionSampler
+
+    n, obs_dim = data["obs"].shape
+    index = torch.arange(n)
+    offline = OfflineData(
+        observations=torch.stack([data["obs"], data["next_obs"]], 1).reshape(2 * n, obs_dim), obs_index=2 * index,
+        actions=data["act"], rewards=data["rew"], terminated=data["term"].bool(), truncated=torch.zeros(n, dtype=torch.bool),
+        episode_index=index, step_index=torch.zeros(n, dtype=torch.long), episode_starts=index,
+        episode_lengths=torch.ones(n, dtype=torch.long), episode_returns=data["rew"].double(),
+        observation_space=gym.spaces.Box(-np.inf, np.inf, (obs_dim,)), action_space=gym.spaces.Box(-1, 1, (data["act"].shape[-1],)),
+        env_spec=None, eval_env_spec=None, ref_min_score=None, ref_max_score=None, dataset_id="benchmark/random-v0")
+    return TransitionSampler(offline, "cpu", seed=0)
+
+
+def rltrain_trainer(overrides: list[str], data: dict[str, torch.Tensor], batch: int, offline: bool = False):
+    """A Trainer built from the configs with the benchmark's sizes; its replay buffer (or, ``offline``,
+    its dataset sampler) holds ``data``."""
     from hydra import compose, initialize_config_module
 
     import rltrain.__main__  # noqa: F401  (registers the config resolvers)
@@ -262,6 +409,9 @@ def rltrain_trainer(overrides: list[str], data: dict[str, torch.Tensor], batch: 
                                            f"trainer.batch_size={batch}", "trainer.buffer_size=100000",
                                            "network.actor.num_cells=[256,256]", "network.critic.num_cells=[256,256]"])
     trainer = build_trainer(cfg, Path("/tmp/rltrain-benchmark"))
+    if offline:
+        trainer.buffer = dataset_sampler(data)
+        return trainer
     term = data["term"].bool().unsqueeze(-1)
     trainer.buffer.extend(TensorDict({
         "observation": data["obs"], "action": data["act"],
@@ -319,7 +469,7 @@ def main() -> None:
         hand_cls, overrides, sizes = ALGOS[name]
         data = make_data(sizes, discrete=sizes is DISCRETE)
         hand = hand_cls(data, sizes["obs"], sizes["act"], sizes["batch"])
-        trainer = trainers[name] = rltrain_trainer(overrides, data, sizes["batch"])
+        trainer = trainers[name] = rltrain_trainer(overrides, data, sizes["batch"], offline=name in OFFLINE)
         for threads in args.threads:
             torch.set_num_threads(threads)
             for _ in range(10):  # warm-up

@@ -13,6 +13,7 @@ from rltrain.modules import (
     MLP, Actor, Bounded, NormalParamExtractor, ProbabilisticActor, StackedMLP, TanhNormal, ValueOperator,
     VmapEnsemble, frozen_copy, make_ensemble,
 )
+from rltrain.modules import ensemble
 from rltrain.modules.ensemble import fresh_copies
 
 
@@ -39,6 +40,23 @@ def test_stacked_mlp_equals_its_members(layer_norm):
     out = stacked(per_member, per_member=True)
     for k, member in enumerate(members):
         torch.testing.assert_close(out[k], member(per_member[k]))
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_stacked_mlp_runs_large_batches_in_chunks_with_the_same_values_and_gradients(layer_norm):
+    torch.manual_seed(0)
+    members = fresh_copies(MLP(7, 1, (16, 16), layer_norm=layer_norm), 2)
+    stacked = StackedMLP(members)
+    rows = 2 * ensemble.ROW_CHUNK + 3  # two full chunks and a remainder
+    obs, act = torch.randn(rows, 4), torch.randn(rows, 3)
+    out = stacked(obs, act)
+    for k, member in enumerate(members):
+        torch.testing.assert_close(out[k], member(obs, act))
+    out.square().mean().backward()
+    sum(member(obs, act).square().mean() for member in members).backward()
+    for k, member in enumerate(members):
+        linear = member[0]
+        torch.testing.assert_close(stacked.weight_0.grad[k], linear.weight.grad.t() / 2)
 
 
 @pytest.mark.parametrize("members", [slice(0, 1), torch.tensor([2, 0])])
