@@ -407,7 +407,8 @@ def rltrain_trainer(overrides: list[str], data: dict[str, torch.Tensor], batch: 
     with initialize_config_module("rltrain.configs", version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, "device=cpu", "logger.progress=false",
                                            f"trainer.batch_size={batch}", "trainer.buffer_size=100000",
-                                           "network.actor.num_cells=[256,256]", "network.critic.num_cells=[256,256]"])
+                                           f"network.actor.num_cells=[{HIDDEN},{HIDDEN}]",
+                                           f"network.critic.num_cells=[{HIDDEN},{HIDDEN}]"])
     trainer = build_trainer(cfg, Path("/tmp/rltrain-benchmark"))
     if offline:
         trainer.buffer = dataset_sampler(data)
