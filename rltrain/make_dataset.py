@@ -148,9 +148,16 @@ def run_episode(env: gym.Env, policy: Policy, seed: int) -> dict:
         truncations.append(truncated)
         if terminated or truncated:
             break
-    return {"observations": np.asarray(observations), "actions": np.asarray(actions),
+    return {"observations": stack_observations(observations), "actions": np.asarray(actions),
             "rewards": np.asarray(rewards, dtype=np.float64), "terminations": np.asarray(terminations),
             "truncations": np.asarray(truncations), "seed": seed}
+
+
+def stack_observations(observations: list) -> np.ndarray | dict[str, np.ndarray]:
+    """``[T+1, ...]`` arrays; Dict observations stay a dict of stacked arrays (as Minari stores them)."""
+    if isinstance(observations[0], dict):
+        return {key: np.stack([o[key] for o in observations]) for key in observations[0]}
+    return np.asarray(observations)
 
 
 def mean_return(env: gym.Env, policy: Policy, episodes: int, seed: int) -> float:

@@ -26,6 +26,7 @@ from rltrain.data.minari_data import (
 )
 from rltrain.data.normalize import ObservationNormalizer, apply_reward_transform, normalize_in_place
 from rltrain.envs import make_vector_env
+from rltrain.make_dataset import random_policy, run_episode
 from rltrain.errors import ConfigError
 
 PENDULUM = "rltrain-test/pendulum/random-v0"
@@ -60,29 +61,10 @@ gym.register("rltrain-test/GoalReach-v0", entry_point="tests.test_minari_data:Go
 
 
 def rollout(env_id: str, num_episodes: int, seed: int) -> list[dict]:
-    """Random-action episodes as write_minari_dataset takes them."""
+    """Random-action episodes as write_minari_dataset takes them, episode ``i`` reset with ``seed + i``."""
     env = gym.make(env_id)
-    env.action_space.seed(seed)
-    episodes = []
-    for i in range(num_episodes):
-        obs, _ = env.reset(seed=seed + i)
-        observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
-        while not (terminations and (terminations[-1] or truncations[-1])):
-            action = env.action_space.sample()
-            obs, reward, terminated, truncated, _ = env.step(action)
-            observations.append(obs)
-            actions.append(action)
-            rewards.append(reward)
-            terminations.append(terminated)
-            truncations.append(truncated)
-        if isinstance(obs, dict):
-            observations = {key: np.stack([o[key] for o in observations]) for key in obs}
-        else:
-            observations = np.stack(observations)
-        episodes.append({"observations": observations, "actions": np.stack(actions),
-                         "rewards": np.asarray(rewards, dtype=np.float64), "terminations": np.asarray(terminations),
-                         "truncations": np.asarray(truncations), "seed": seed + i})
-    return episodes
+    policy = random_policy(env, seed)
+    return [run_episode(env, policy, seed + i) for i in range(num_episodes)]
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from rltrain.modules import (
     MLP, Actor, Bounded, NormalParamExtractor, ProbabilisticActor, StackedMLP, TanhNormal, ValueOperator,
     VmapEnsemble, frozen_copy, make_ensemble,
 )
-from rltrain.modules import ensemble
+from rltrain.modules.ensemble import ROW_CHUNK
 from rltrain.modules.ensemble import fresh_copies
 
 
@@ -47,7 +47,7 @@ def test_stacked_mlp_runs_large_batches_in_chunks_with_the_same_values_and_gradi
     torch.manual_seed(0)
     members = fresh_copies(MLP(7, 1, (16, 16), layer_norm=layer_norm), 2)
     stacked = StackedMLP(members)
-    rows = 2 * ensemble.ROW_CHUNK + 3  # two full chunks and a remainder
+    rows = 2 * ROW_CHUNK + 3  # two full chunks and a remainder
     obs, act = torch.randn(rows, 4), torch.randn(rows, 3)
     out = stacked(obs, act)
     for k, member in enumerate(members):
