@@ -61,6 +61,42 @@ def make_batch(batch: int, obs_dim: int, act_dim: int, seed: int = 0, terminated
     }, batch_size=[batch])
 
 
+def grads_by_group(loss) -> dict[str, bool]:
+    """Per group: does any of its parameters hold a non-zero gradient?"""
+    return {group: any(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.group_parameters(group))
+            for group in loss.parameter_groups}
+
+
+def check_isolation(loss, batch) -> None:
+    """Each loss term's gradient reaches its own parameter group and no other."""
+    for term, group in loss.loss_groups.items():
+        loss.zero_grad(set_to_none=True)
+        loss(batch.clone())[term].backward()
+        touched = grads_by_group(loss)
+        assert touched[group], f"{term} gave no gradient to its group {group}"
+        assert not any(hit for g, hit in touched.items() if g != group), f"{term} leaked into {touched}"
+
+
+def check_sum_trains_everything(loss, batch) -> None:
+    """The sum of all terms gives every parameter (targets are buffers, not parameters) a gradient."""
+    loss.zero_grad(set_to_none=True)
+    out = loss(batch.clone())
+    sum(v for k, v in out.items() if k.startswith("loss_")).backward()
+    for name, param in loss.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+class PairCritic(torch.nn.Module):
+    """A critic that is not a plain Sequential, so an ensemble of it takes the vmap path."""
+
+    def __init__(self, in_dim: int):
+        super().__init__()
+        self.net = MLP(in_dim, 1, (8,))
+
+    def forward(self, obs, action):
+        return self.net(obs, action)
+
+
 def tanh_normal_by_hand(loc, scale, noise):
     """A TanhNormal sample on [-1, 1] and its log-probability, written out from the formulas."""
     pre_tanh = loc + scale * noise

@@ -19,7 +19,8 @@ from rltrain.modules.qvalue import QValueActor
 from rltrain.objectives.cql import CQLLoss, DiscreteCQLLoss, cql_gap
 from rltrain.updaters import SoftUpdate
 from tests.helpers import (
-    assert_state_dict_round_trip, make_actor, make_batch, make_qvalue, tanh_normal_by_hand, unpack_transition,
+    assert_state_dict_round_trip, grads_by_group, make_actor, make_batch, make_qvalue, tanh_normal_by_hand,
+    unpack_transition,
 )
 
 OBS, ACT, B, N = 3, 2, 6, 3
@@ -32,10 +33,6 @@ def cql(**kwargs) -> CQLLoss:
     return CQLLoss(make_actor(OBS, ACT), make_qvalue(OBS, ACT), **kwargs)
 
 
-def grads_by_group(loss) -> dict[str, bool]:
-    """Per group: does any of its parameters hold a non-zero gradient?"""
-    return {group: any(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.group_parameters(group))
-            for group in loss.parameter_groups}
 
 
 def perturb_(tensors, scale: float = 0.3, seed: int = 5) -> None:

@@ -21,7 +21,8 @@ from rltrain.objectives.td3 import TD3Loss
 from rltrain.objectives.td3_bc import TD3BCLoss
 from rltrain.updaters import HardUpdate
 from tests.helpers import (
-    assert_state_dict_round_trip, make_actor, make_batch, make_qvalue, make_value, unpack_transition,
+    PairCritic, assert_state_dict_round_trip, check_isolation, check_sum_trains_everything, make_actor, make_batch,
+    make_qvalue, make_value, unpack_transition,
 )
 
 OBS, ACT, NA, B = 3, 2, 4, 12
@@ -66,31 +67,10 @@ def td3bc(**kwargs) -> TD3BCLoss:
     return TD3BCLoss(make_det_actor(), make_qvalue(OBS, ACT), **kwargs)
 
 
-def grads_by_group(loss) -> dict[str, bool]:
-    """Per group: does any of its parameters hold a non-zero gradient?"""
-    return {group: any(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.group_parameters(group))
-            for group in loss.parameter_groups}
 
 
-def check_isolation(loss, batch) -> None:
-    for term, group in loss.loss_groups.items():
-        loss.zero_grad(set_to_none=True)
-        loss(batch.clone())[term].backward()
-        touched = grads_by_group(loss)
-        assert touched[group], f"{term} gave no gradient to its group {group}"
-        assert not any(hit for g, hit in touched.items() if g != group), f"{term} leaked into {touched}"
 
 
-def check_sum_trains_everything_but_targets(loss, batch) -> None:
-    loss.zero_grad(set_to_none=True)
-    out = loss(batch.clone())
-    sum(v for k, v in out.items() if k.startswith("loss_")).backward()
-    for name, param in loss.named_parameters():
-        assert param.grad is not None and param.grad.abs().sum() > 0, name
-    assert any(n.startswith("target_") for n, _ in loss.named_buffers()), "expected target copies"
-    assert not any(n.startswith("target_") for n, _ in loss.named_parameters())
-    assert all(b.grad is None and not b.requires_grad for b in loss.buffers())
-    assert all(not v.requires_grad for k, v in out.items() if not k.startswith("loss_"))
 
 
 def q(module: ValueOperator, *inputs) -> torch.Tensor:
@@ -163,7 +143,7 @@ def test_iql_each_term_reaches_only_its_group(name):
 def test_iql_sum_of_terms_trains_every_parameter_and_no_target(name):
     build, batch = IQL_BUILDERS[name]
     loss = build()
-    check_sum_trains_everything_but_targets(loss, batch())
+    check_sum_trains_everything(loss, batch())
     assert {n.split(".")[0] for n, _ in loss.named_buffers() if n.startswith("target_")} == {"target_qvalue_network"}
 
 
@@ -305,22 +285,13 @@ def test_iql_bootstraps_through_truncation_not_termination():
     assert torch.equal(truncated, running) and not torch.allclose(terminal, running)
 
 
-class _PairCritic(nn.Module):
-    """A critic that is not a plain Sequential, so the ensemble takes the vmap path."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = MLP(OBS + ACT, 1, (8,))
-
-    def forward(self, obs, action):
-        return self.net(obs, action)
 
 
 def test_iql_deactivate_vmap_matches_vmap():
     outs = []
     for deactivate in (False, True):
         torch.manual_seed(0)
-        critic = ValueOperator(_PairCritic(), in_keys=["observation", "action"])
+        critic = ValueOperator(PairCritic(OBS + ACT), in_keys=["observation", "action"])
         loss = IQLLoss(make_actor(OBS, ACT), critic, make_value(OBS), deactivate_vmap=deactivate)
         outs.append(loss(make_batch(B, OBS, ACT)))
     for key in outs[0].keys():
@@ -425,7 +396,7 @@ def test_td3bc_contract():
     assert loss.loss_groups == {"loss_actor": "actor", "loss_qvalue": "qvalue"} and loss.alpha == 2.5
     batch = make_batch(B, OBS, ACT)
     check_isolation(loss, batch)
-    check_sum_trains_everything_but_targets(loss, batch)
+    check_sum_trains_everything(loss, batch)
 
 
 def test_td3bc_critic_is_td3s_and_actor_matches_the_spec_formula():

@@ -16,34 +16,19 @@ from rltrain.modules.ensemble import fresh_copies
 from rltrain.objectives.crossq import CrossQLoss
 from rltrain.objectives.redq import REDQLoss
 from rltrain.updaters import SoftUpdate
-from tests.helpers import make_actor, make_batch, make_qvalue, tanh_normal_by_hand, unpack_transition
+from tests.helpers import (
+    check_isolation, check_sum_trains_everything, make_actor, make_batch, make_qvalue, tanh_normal_by_hand,
+    unpack_transition,
+)
 
 OBS, ACT, B = 3, 2, 12
 
 
 # ---- shared helpers ----------------------------------------------------------------------------
-def grads_by_group(loss) -> dict[str, bool]:
-    """Per group: does any of its parameters hold a non-zero gradient?"""
-    return {group: any(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.group_parameters(group))
-            for group in loss.parameter_groups}
 
 
-def check_isolation(loss, batch) -> None:
-    for term, group in loss.loss_groups.items():
-        loss.zero_grad(set_to_none=True)
-        loss(batch.clone())[term].backward()
-        touched = grads_by_group(loss)
-        assert touched[group], f"{term} gave no gradient to its group {group}"
-        assert not any(hit for g, hit in touched.items() if g != group), f"{term} leaked into {touched}"
 
 
-def check_sum_trains_everything(loss, batch) -> None:
-    loss.zero_grad(set_to_none=True)
-    out = loss(batch.clone())
-    sum(v for k, v in out.items() if k.startswith("loss_")).backward()
-    for name, param in loss.named_parameters():
-        assert param.grad is not None and param.grad.abs().sum() > 0, name
-    assert all(b.grad is None for b in loss.buffers())
 
 
 def check_reductions(make_loss) -> None:

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from rltrain.objectives import SACLoss, get_objective
 from rltrain.updaters import SoftUpdate
 from tests.helpers import (
-    assert_state_dict_round_trip, make_actor, make_batch, make_qvalue, make_value, tanh_normal_by_hand,
-    unpack_transition,
+    assert_state_dict_round_trip, grads_by_group, make_actor, make_batch, make_qvalue, make_value,
+    tanh_normal_by_hand, unpack_transition,
 )
 
 OBS, ACT, B = 3, 2, 12
@@ -24,10 +24,6 @@ def sac(version: int = 2, **kwargs) -> SACLoss:
     return SACLoss(make_actor(OBS, ACT), make_qvalue(OBS, ACT), value, **kwargs)
 
 
-def grads_by_group(loss: SACLoss) -> dict[str, bool]:
-    """Per group: does any of its parameters hold a non-zero gradient?"""
-    return {group: any(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.group_parameters(group))
-            for group in loss.parameter_groups}
 
 
 def test_registry_names_sac():

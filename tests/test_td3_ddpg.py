@@ -10,7 +10,7 @@ from torch import nn
 from rltrain.modules import MLP, Actor, Bounded, ValueOperator
 from rltrain.objectives.ddpg import DDPGLoss
 from rltrain.objectives.td3 import TD3Loss
-from tests.helpers import assert_state_dict_round_trip, make_batch, make_qvalue
+from tests.helpers import PairCritic, assert_state_dict_round_trip, grads_by_group, make_batch, make_qvalue
 
 OBS, ACT, B = 3, 2, 12
 
@@ -43,10 +43,6 @@ def ddpg(**kwargs) -> DDPGLoss:
     return DDPGLoss(make_det_actor(), make_qvalue(OBS, ACT), **kwargs)
 
 
-def grads_by_group(loss) -> dict[str, bool]:
-    """Per group: does any of its parameters hold a non-zero gradient?"""
-    return {group: any(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.group_parameters(group))
-            for group in loss.parameter_groups}
 
 
 def _unpack(batch):
@@ -309,22 +305,13 @@ def test_td3_defaults_and_ensemble_size():
     assert out["next_state_value"].shape == (B,) and out["target_value"].shape == (B,)
 
 
-class _PairCritic(nn.Module):
-    """A critic that is not a plain Sequential, so the ensemble takes the vmap path."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = MLP(OBS + ACT, 1, (8,))
-
-    def forward(self, obs, action):
-        return self.net(obs, action)
 
 
 def test_td3_deactivate_vmap_matches_vmap():
     outs = []
     for deactivate in (False, True):
         torch.manual_seed(0)
-        critic = ValueOperator(_PairCritic(), in_keys=["observation", "action"])
+        critic = ValueOperator(PairCritic(OBS + ACT), in_keys=["observation", "action"])
         loss = TD3Loss(make_det_actor(), critic, bounds=(-1.0, 1.0), deactivate_vmap=deactivate)
         torch.manual_seed(3)
         outs.append(loss(make_batch(B, OBS, ACT)))
