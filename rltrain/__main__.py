@@ -8,6 +8,7 @@ checkpoint, and continues in the same directory.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,23 @@ from rltrain.errors import ConfigError
 from rltrain.trainer import NonFiniteLossError
 
 OmegaConf.register_new_resolver("rltrain_run_dir", lambda resume, default: resume or default, replace=True)
+OmegaConf.register_new_resolver("rltrain_job_dir", lambda overrides, num: _job_dir_name(str(overrides), num),
+                                replace=True)
 OmegaConf.register_new_resolver("rltrain_hydra_subdir", lambda resume: ".hydra_resume" if resume else ".hydra",
                                 replace=True)
+
+
+MAX_JOB_DIR = 120  # characters; file systems allow 255 per path component
+
+
+def _job_dir_name(overrides: str, num: int) -> str:
+    """A sweep job's folder: its overrides (``algo=sac,seed=0``), or, when they are too long for a
+    file name, their first characters plus a hash of the rest (config.yaml inside has them all)."""
+    if not overrides:
+        return f"job{num}"
+    if len(overrides) <= MAX_JOB_DIR:
+        return overrides
+    return f"{overrides[:MAX_JOB_DIR - 11]}-{hashlib.sha1(overrides.encode()).hexdigest()[:10]}"
 
 
 def _git_commit() -> str:
@@ -104,11 +120,20 @@ def _print_summary(summary: dict) -> None:
           f"updates {summary['updates']} | time {summary['time_s']:.1f}s\nrun dir: {summary['run_dir']}")
 
 
+def _name_sweep_job(cfg: DictConfig, hydra_cfg) -> None:
+    """In a multirun, each job's W&B run joins the sweep's group and is named by its overrides."""
+    wandb_cfg = cfg.logger.wandb
+    wandb_cfg.group = wandb_cfg.group or f"{cfg.sweep_name}-{Path(hydra_cfg.sweep.dir).name}"
+    wandb_cfg.name = wandb_cfg.name or hydra_cfg.job.override_dirname or f"job{hydra_cfg.job.num}"
+
+
 @hydra.main(version_base="1.3", config_path="pkg://rltrain.configs", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        _name_sweep_job(cfg, hydra_cfg)
     try:
         summary = run(cfg, run_dir, overrides)
     except (ConfigError, NonFiniteLossError) as err:

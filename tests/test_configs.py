@@ -15,7 +15,8 @@ from rltrain.errors import ConfigError
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ENVS = sorted(p.stem for p in (CONFIGS / "env").glob("*.yaml"))
 ALGOS = sorted(p.stem for p in (CONFIGS / "algo").glob("*.yaml"))
-EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml") if not p.stem.startswith("benchmark_"))
+GRIDS = sorted(p.stem for p in (CONFIGS / "experiment").glob("benchmark_*.yaml"))
 LOGGERS = sorted(p.stem for p in (CONFIGS / "logger").glob("*.yaml"))
 DISCRETE_ENVS = {"cartpole", "acrobot", "mountaincar", "lunarlander"}
 DISCRETE_ALGOS = {"dqn", "c51", "discrete_iql", "discrete_cql"}

@@ -24,8 +24,8 @@ CARTPOLE = 475.0
 CASES = {
     "td3": ["algo=td3", *SMALL, "trainer.total_env_steps=15000", "trainer.eval_every=2500"],
     "ddpg": ["algo=ddpg", *SMALL, "trainer.total_env_steps=15000", "trainer.eval_every=2500"],
-    "redq": ["algo=redq", *SMALL, "trainer.updates_per_step=5", "trainer.total_env_steps=4000",
-             "trainer.eval_every=1000"],
+    "redq": ["algo=redq", *SMALL, "trainer.updates_per_step=5", "trainer.total_env_steps=3000",
+             "trainer.eval_every=500"],
     "crossq": ["algo=crossq", *SMALL, "trainer.total_env_steps=10000", "trainer.eval_every=2500"],
     "dqn": LEARNING_RUNS["dqn_cartpole"],
     "c51": ["experiment=c51_cartpole", "logger.progress=false", "trainer.total_env_steps=40000",

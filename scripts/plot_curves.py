@@ -1,0 +1,27 @@
+"""Learning curves of finished rltrain runs: one panel per task, per algorithm the mean over seeds
+with a ±1 std band (x: env steps online, gradient updates offline).
+
+    python scripts/plot_curves.py runs/sweeps/2026-11-21_18-42-25               # writes curves.png there
+    python scripts/plot_curves.py runs/ --out curves.png
+
+Needs matplotlib (`pip install -e ".[plots]"`). See rltrain/results.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rltrain.results import plot_curves
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", help="folder searched for run directories (recursively)")
+    parser.add_argument("--out", help="PNG file (default: <root>/curves.png)")
+    args = parser.parse_args()
+    print(f"wrote {plot_curves(args.root, args.out or Path(args.root) / 'curves.png')}")
+
+
+if __name__ == "__main__":
+    main()
