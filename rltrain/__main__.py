@@ -35,12 +35,12 @@ MAX_JOB_DIR = 120  # characters; file systems allow 255 per path component
 
 def _job_dir_name(overrides: str, num: int) -> str:
     """A sweep job's folder: its overrides (``algo=sac,seed=0``), or, when they are too long for a
-    file name, their first characters plus a hash of the rest (config.yaml inside has them all)."""
-    if not overrides:
-        return f"job{num}"
-    if len(overrides) <= MAX_JOB_DIR:
+    file name, the job number and a hash of them (``job3-5f1c...``; the job's overrides.yaml and the
+    sweep's multirun.yaml list them)."""
+    if overrides and len(overrides) <= MAX_JOB_DIR:
         return overrides
-    return f"{overrides[:MAX_JOB_DIR - 11]}-{hashlib.sha1(overrides.encode()).hexdigest()[:10]}"
+    suffix = f"-{hashlib.sha1(overrides.encode()).hexdigest()[:10]}" if overrides else ""
+    return f"job{num}{suffix}"
 
 
 def _git_commit() -> str:

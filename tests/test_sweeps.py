@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 TINY = [*SMALL_NETS, "trainer.total_env_steps=600", "trainer.warmup_steps=200", "trainer.learning_starts=200",
         "trainer.batch_size=64", "trainer.eval_every=300", "trainer.eval_episodes=2", "env.eval_num_envs=2",
-        "trainer.checkpoint_every=600", "logger.progress=false"]
+        "trainer.checkpoint_every=600", "trainer.log_every=200", "logger.progress=false"]
 
 
 def job_dirs(sweep_root):
@@ -45,11 +45,21 @@ def test_smoke_grid_runs_every_job_then_tables_and_plots_them(tmp_path):
 
 def test_a_failing_job_does_not_stop_the_others(tmp_path):
     """The diverging job (first) stops with its error; the next one still runs and finishes. Job folders
-    are named by their overrides, cut and hashed here because these overrides exceed a file name."""
+    are named by their overrides, or job number and hash when, as here, those are too long."""
     proc = run_cli(["-m", *TINY, "algo.optim.qvalue.lr=1e30,3e-4", "sweep_name=lr"], tmp_path, check=False, timeout=600)
     jobs = {OmegaConf.load(p / "config.yaml").algo.optim.qvalue.lr: p for p in job_dirs(tmp_path / "sweeps" / "lr")}
     assert set(jobs) == {1e30, 3e-4}
-    assert all(len(p.name) <= 120 and p.name.startswith("algo.optim.qvalue.lr=") for p in jobs.values())
+    assert jobs[1e30].name.startswith("job0-") and jobs[3e-4].name.startswith("job1-")
     assert not (jobs[1e30] / "summary.json").exists()
     assert json.loads((jobs[3e-4] / "summary.json").read_text())["env_steps"] == 600
     assert "non-finite loss" in proc.stderr and proc.returncode != 0
+
+
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+def test_launchers_write_one_run_folder_per_job(tmp_path, launcher):
+    run_cli(["-m", f"hydra/launcher={launcher}", *TINY, "seed=0,1", "sweep_name=launch"], tmp_path, timeout=600)
+    jobs = job_dirs(tmp_path / "sweeps" / "launch")
+    assert sorted(OmegaConf.load(p / "config.yaml").seed for p in jobs) == [0, 1]
+    for job in jobs:
+        assert (job / "metrics.csv").exists() and (job / "eval.csv").exists()
+        assert json.loads((job / "summary.json").read_text())["env_steps"] == 600
