@@ -19,7 +19,9 @@ from tensordict.nn import TensorDictModule
 from torch import nn
 
 from rltrain.collect import Collector
-from rltrain.data.minari_data import DatasetError, OfflineData, TransitionSampler, load_minari, to_offline_data
+from rltrain.data.minari_data import (
+    DatasetError, OfflineData, TransitionSampler, load_minari, minari_root, to_offline_data,
+)
 from rltrain.data.normalize import ObservationNormalizer, apply_reward_transform, normalize_in_place
 from rltrain.data.replay import ReplayBuffer
 from rltrain.envs import check_env_id, env_specs, make_vector_env
@@ -351,7 +353,7 @@ def load_offline_data(ds: DictConfig) -> OfflineData:
         return to_offline_data(load_minari(ds.id, download=ds.download, make_hint=hint))
     except DatasetError:
         parts = _medium_expert_parts(ds.id)
-        if parts is None:
+        if parts is None or (minari_root() / ds.id).exists():  # a damaged medium-expert is reported as such
             raise
     datasets = [to_offline_data(load_minari(part, download=ds.download, make_hint=hint)) for part in parts]
     return OfflineData.concatenate(datasets, ds.id)

@@ -346,7 +346,7 @@ class Trainer:
         counters = state["counters"]
         self.env_steps, self.updates = counters["env_steps"], counters["updates"]
         self._owed_updates, self._elapsed = counters["owed_updates"], counters["elapsed"]
-        self.last_eval, self.best_eval = state["last_eval"], state["best_eval"]
+        self.last_eval, self.best_eval = state["last_eval"], state.get("best_eval")  # older checkpoints lack it
         if not self.offline:
             self.collector.rng.bit_generator.state = state["collector_rng"]
             self.collector.reset(derive_seed(self.config.seed, self.env_steps, 1))

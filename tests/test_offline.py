@@ -66,6 +66,12 @@ def test_missing_medium_expert_is_made_from_medium_and_expert(tmp_path, monkeypa
     assert torch.equal(data.actions, torch.cat([parts["medium"].actions, parts["expert"].actions]))
     assert data.num_episodes == parts["medium"].num_episodes + parts["expert"].num_episodes
 
+    damaged = tmp_path / "mix" / "pendulum" / "medium-expert-v0" / "data"   # present but unreadable: reported
+    damaged.mkdir(parents=True)
+    (damaged / "metadata.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="corrupt"):
+        load_offline_data(cfg.dataset)
+
 
 # ---- bad input -------------------------------------------------------------------------------------
 
