@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
@@ -84,6 +85,23 @@ def check_sum_trains_everything(loss, batch) -> None:
     sum(v for k, v in out.items() if k.startswith("loss_")).backward()
     for name, param in loss.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def check_reductions(make_loss, batch) -> None:
+    """An actor-critic objective with a temperature (SAC, REDQ, CrossQ): ``"none"`` gives per-sample
+    actor, critic and alpha terms whose sum and mean are the ``"sum"`` and ``"mean"`` outputs."""
+    outs = {}
+    for reduction in ("none", "sum", "mean"):
+        loss = make_loss(reduction=reduction, scalar_output_mode="exclude")
+        torch.manual_seed(0)
+        outs[reduction] = loss(batch.clone())
+    for key in ("loss_actor", "loss_qvalue", "loss_alpha"):
+        assert outs["none"][key].shape == batch.batch_size
+        torch.testing.assert_close(outs["sum"][key], outs["none"][key].sum())
+        torch.testing.assert_close(outs["mean"][key], outs["none"][key].mean())
+    assert "alpha" not in outs["none"].keys() and "alpha" in outs["mean"].keys()
+    with pytest.raises(ValueError, match="reduction"):
+        make_loss(reduction="median")
 
 
 class PairCritic(torch.nn.Module):

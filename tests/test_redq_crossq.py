@@ -17,34 +17,14 @@ from rltrain.objectives.crossq import CrossQLoss
 from rltrain.objectives.redq import REDQLoss
 from rltrain.updaters import SoftUpdate
 from tests.helpers import (
-    check_isolation, check_sum_trains_everything, make_actor, make_batch, make_qvalue, tanh_normal_by_hand,
-    unpack_transition,
+    check_isolation, check_reductions, check_sum_trains_everything, make_actor, make_batch, make_qvalue,
+    tanh_normal_by_hand, unpack_transition,
 )
 
 OBS, ACT, B = 3, 2, 12
 
 
 # ---- shared helpers ----------------------------------------------------------------------------
-
-
-
-
-
-
-def check_reductions(make_loss) -> None:
-    batch = make_batch(B, OBS, ACT)
-    outs = {}
-    for reduction in ("none", "sum", "mean"):
-        loss = make_loss(reduction=reduction, scalar_output_mode="exclude")
-        torch.manual_seed(0)
-        outs[reduction] = loss(batch.clone())
-    for key in ("loss_actor", "loss_qvalue", "loss_alpha"):
-        assert outs["none"][key].shape == (B,)
-        torch.testing.assert_close(outs["sum"][key], outs["none"][key].sum())
-        torch.testing.assert_close(outs["mean"][key], outs["none"][key].mean())
-    assert "alpha" not in outs["none"].keys() and "alpha" in outs["mean"].keys()
-    with pytest.raises(ValueError, match="reduction"):
-        make_loss(reduction="median")
 
 
 def check_set_keys(loss) -> None:
@@ -379,7 +359,7 @@ def test_redq_alpha_is_clamped_straight_through():
 
 
 def test_redq_reductions():
-    check_reductions(redq)
+    check_reductions(redq, make_batch(B, OBS, ACT))
 
 
 def test_redq_set_keys_and_priority():
@@ -519,7 +499,7 @@ def test_crossq_target_entropy():
 
 
 def test_crossq_reductions():
-    check_reductions(crossq)
+    check_reductions(crossq, make_batch(B, OBS, ACT))
 
 
 def test_crossq_set_keys_priority_and_inputs_kept():

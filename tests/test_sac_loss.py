@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from rltrain.objectives import SACLoss, get_objective
 from rltrain.updaters import SoftUpdate
 from tests.helpers import (
-    assert_state_dict_round_trip, grads_by_group, make_actor, make_batch, make_qvalue, make_value,
-    tanh_normal_by_hand, unpack_transition,
+    assert_state_dict_round_trip, check_reductions, grads_by_group, make_actor, make_batch, make_qvalue,
+    make_value, tanh_normal_by_hand, unpack_transition,
 )
 
 OBS, ACT, B = 3, 2, 12
@@ -182,19 +182,7 @@ def test_truncated_bootstraps_terminated_does_not():
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_reductions(version):
-    batch = make_batch(B, OBS, ACT)
-    outs = {}
-    for reduction in ("none", "sum", "mean"):
-        loss = sac(version, reduction=reduction, scalar_output_mode="exclude")
-        torch.manual_seed(0)
-        outs[reduction] = loss(batch.clone())
-    for key in ("loss_actor", "loss_qvalue", "loss_alpha"):
-        assert outs["none"][key].shape == (B,)
-        torch.testing.assert_close(outs["sum"][key], outs["none"][key].sum())
-        torch.testing.assert_close(outs["mean"][key], outs["none"][key].mean())
-    assert "alpha" not in outs["none"].keys() and "alpha" in outs["mean"].keys()
-    with pytest.raises(ValueError, match="reduction"):
-        sac(reduction="median")
+    check_reductions(lambda **kwargs: sac(version, **kwargs), make_batch(B, OBS, ACT))
 
 
 def test_priority_weights_weight_the_mean():
