@@ -4,10 +4,15 @@ A new run writes its resolved ``config.yaml``, ``overrides.yaml`` and ``git_comm
 run directory before training. ``resume=<run dir>`` reloads that config (plain ``key=value``
 overrides may still change leaves, e.g. a larger ``trainer.total_env_steps``) and the last
 checkpoint, and continues in the same directory.
+
+``seeds=[0,1,2]`` (set by the ``hparams_search=`` configs) trains the job once per seed, each a full run
+directory ``<job dir>/seed=<s>/``, and scores the job by the mean of the seeds' final scores. The task
+function returns a job's score (see :func:`final_score`), which is what the Optuna sweeper maximizes.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import subprocess
 import sys
@@ -16,8 +21,9 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rltrain import checkpoint
 from rltrain.errors import ConfigError
@@ -111,6 +117,39 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     return summary
 
 
+def final_score(summary: dict) -> float | None:
+    """A run's score: its final normalized score where the task has reference scores, else its final
+    evaluation return (None when it never evaluated)."""
+    score = summary.get("final_normalized_score")
+    return summary["final_eval_return"] if score is None else score
+
+
+def run_seeds(cfg: DictConfig, job_dir: Path, overrides: list[str]) -> float:
+    """Train ``cfg`` once per seed of ``cfg.seeds``, each in ``job_dir/seed=<s>``; returns the mean of
+    their final scores. A seed that fails raises, so the whole job (an Optuna trial) fails."""
+    seeds = list(cfg.seeds) if isinstance(cfg.seeds, ListConfig) else None
+    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"seeds={cfg.seeds}: give a non-empty list of distinct seeds, e.g. seeds=[0,1,2]")
+    if cfg.resume:
+        raise ConfigError("resume cannot be combined with seeds: resume one seed's run directory "
+                          "(<job dir>/seed=<s>) on its own")
+    scores = []
+    for seed in seeds:
+        seed_cfg = copy.deepcopy(cfg)
+        seed_cfg.seed, seed_cfg.seeds = seed, None
+        if seed_cfg.logger.wandb.name:
+            seed_cfg.logger.wandb.name = f"{seed_cfg.logger.wandb.name},seed={seed}"
+        summary = run(seed_cfg, job_dir / f"seed={seed}", [*overrides, f"seed={seed}"])
+        _print_summary(summary)
+        score = final_score(summary)
+        if score is None:
+            raise ConfigError("seeds: the runs need a final evaluation to be scored; set trainer.eval_episodes > 0")
+        scores.append(score)
+    mean = sum(scores) / len(scores)
+    print(f"rltrain: mean final score over seeds {seeds}: {mean:.2f}")
+    return mean
+
+
 def _print_summary(summary: dict) -> None:
     ret, std = summary["final_eval_return"], summary["final_eval_return_std"]
     final = "n/a" if ret is None else f"{ret:.2f} ± {std:.2f}"
@@ -127,6 +166,17 @@ def _name_sweep_job(cfg: DictConfig, hydra_cfg) -> None:
     wandb_cfg.name = wandb_cfg.name or hydra_cfg.job.override_dirname or f"job{hydra_cfg.job.num}"
 
 
+class SqliteStorageFolder(Callback):
+    """Hydra callback of the ``hparams_search=`` configs: makes the folder of an Optuna SQLite storage
+    (``hydra.sweeper.storage=sqlite:///runs/optuna.db``) before the sweeper opens it, since SQLite
+    creates the file but not its folder."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        storage = OmegaConf.select(config, "hydra.sweeper.storage")
+        if isinstance(storage, str) and storage.startswith("sqlite:///"):
+            Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://rltrain.configs", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
@@ -135,6 +185,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         _name_sweep_job(cfg, hydra_cfg)
     try:
+        if cfg.seeds is not None:
+            return run_seeds(cfg, run_dir, overrides)
         summary = run(cfg, run_dir, overrides)
     except (ConfigError, NonFiniteLossError) as err:
         print(f"rltrain: error: {err}", file=sys.stderr)
@@ -142,7 +194,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             raise
         sys.exit(2 if isinstance(err, ConfigError) else 1)
     _print_summary(summary)
-    return summary["final_eval_return"]
+    return final_score(summary)
 
 
 def main() -> None:
