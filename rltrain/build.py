@@ -8,6 +8,7 @@ problem and the accepted values.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from tensordict.nn import TensorDictModule
 from torch import nn
 
 from rltrain.collect import Collector
+from rltrain.data.chunks import ChunkSampler
+from rltrain.data.trajectory import OnlineFinetuneSource, TrajectoryBuffer
 from rltrain.data.minari_data import (
     DatasetError, OfflineData, TransitionSampler, load_minari, minari_root, to_offline_data,
 )
@@ -29,10 +32,12 @@ from rltrain.errors import ConfigError
 from rltrain.loggers import ConsoleProgress, CSVLogger, Loggers, TensorboardLogger, WandbLogger
 from rltrain.exploration import EpsilonGreedy, GaussianNoise, OrnsteinUhlenbeckNoise
 from rltrain.modules import (
-    BRNMLP, MLP, Actor, Bounded, Categorical, CategoricalActor, DistributionalQValueActor, NormalParamExtractor, ProbabilisticActor,
-    QValueActor, ScaledTanh, ValueOperator,
+    BRNMLP, DDPM, MLP, ACTActor, ACTModel, Actor, Bounded, Categorical, CategoricalActor, DecisionTransformer,
+    DiffusionActor, Discriminator, DistributionalQValueActor, DTActor, DTPolicy, NormalParamExtractor, OnlineDTActor,
+    ProbabilisticActor, QValueActor, ScaledTanh, TemporalEnsemblePolicy, ValueOperator,
 )
 from rltrain.objectives import LossModule, get_objective
+from rltrain.onpolicy import GAILRewardModel, RolloutSource
 from rltrain.trainer import OptimizerGroup, Trainer, TrainerConfig
 from rltrain.updaters import UPDATERS
 
@@ -181,6 +186,97 @@ def bc_agent(cfg: DictConfig, obs_dim: int, action_spec) -> Agent:
                  lambda obs: actor.act(obs, deterministic=True))
 
 
+def _model_kwargs(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg.algo.model, resolve=True)
+
+
+EVAL_SAMPLING = ("stochastic", "deterministic")
+
+
+def diffusion_bc_agent(cfg: DictConfig, obs_dim: int, action_spec: Bounded) -> Agent:
+    """Diffusion BC: a DDPM over actions conditioned on the state; acting runs the full reverse chain."""
+    if cfg.algo.eval_sampling not in EVAL_SAMPLING:
+        raise ConfigError(f"algo.eval_sampling must be one of {EVAL_SAMPLING}, got {cfg.algo.eval_sampling!r}")
+    actor = DiffusionActor(DDPM(action_spec.dim, obs_dim, **_model_kwargs(cfg)), spec=action_spec)
+    objective = get_objective("diffusion_bc")(actor, **_loss_kwargs(cfg))
+    deterministic = cfg.algo.eval_sampling == "deterministic"
+    return Agent(objective, lambda obs: actor.act(obs, deterministic=False),
+                 lambda obs: actor.act(obs, deterministic=deterministic))
+
+
+def act_agent(cfg: DictConfig, obs_dim: int, action_spec: Bounded) -> Agent:
+    """ACT: a CVAE transformer predicting chunks of actions; acting ensembles the overlapping chunks."""
+    actor = ACTActor(ACTModel(obs_dim, action_spec.dim, int(cfg.algo.chunk_size), **_model_kwargs(cfg)),
+                     spec=action_spec)
+    objective = get_objective("act")(actor, **_loss_kwargs(cfg))
+    policy = TemporalEnsemblePolicy(actor, temporal_ensemble=cfg.algo.temporal_ensemble,
+                                    ensemble_decay=cfg.algo.ensemble_decay)
+    return Agent(objective, policy, policy)
+
+
+def ppo_agent(cfg: DictConfig, obs_dim: int, action_spec) -> Agent:
+    """PPO: a TanhNormal (continuous) or categorical (discrete) actor and a state-value critic."""
+    if isinstance(action_spec, Categorical):
+        actor = build_categorical_actor(obs_dim, action_spec, cfg.network.actor)
+    else:
+        actor = build_stochastic_actor(obs_dim, action_spec, cfg.network.actor)
+    objective = get_objective("ppo")(actor, build_state_value(obs_dim, cfg.network.critic), **_loss_kwargs(cfg))
+    objective.make_value_estimator("gae", gamma=cfg.algo.gamma, lmbda=cfg.algo.gae_lambda)
+    return Agent(objective, lambda obs: actor.act(obs, deterministic=False),
+                 lambda obs: actor.act(obs, deterministic=True))
+
+
+def dt_agent(cfg: DictConfig, obs_dim: int, action_spec: Bounded) -> Agent:
+    """Decision Transformer (tanh head) or Online DT (TanhNormal head). The policies that act in an env
+    need target returns: :func:`dt_policies` builds them."""
+    transformer = DecisionTransformer(obs_dim, action_spec.dim, max_ep_len=int(cfg.algo.max_ep_len),
+                                      context_len=int(cfg.algo.context_len), **_model_kwargs(cfg))
+    online = cfg.algo.objective == "online_dt"
+    actor = (OnlineDTActor if online else DTActor)(transformer, action_spec)
+    objective = get_objective(cfg.algo.objective)(actor, **_loss_kwargs(cfg))
+    return Agent(objective, behaviour=None, greedy=None)
+
+
+def dt_policy(cfg: DictConfig, objective: LossModule, target_return: float, normalizer: nn.Module | None,
+              deterministic: bool = True) -> DTPolicy:
+    a = cfg.algo
+    return DTPolicy(objective.actor_network, target_return, a.rtg_scale, int(a.context_len), int(a.max_ep_len),
+                    normalizer=normalizer, deterministic=deterministic)
+
+
+def dt_target_returns(cfg: DictConfig, data: OfflineData, refs: tuple[float, float] | None) -> list[float]:
+    """``dataset.target_returns``, else the expert reference, else the data's best episode; times
+    ``algo.eval_target_scale``."""
+    if cfg.dataset.target_returns:
+        targets = [float(r) for r in cfg.dataset.target_returns]
+    elif refs is not None:
+        targets = [refs[1]]
+    else:
+        targets = [float(data.episode_returns.max())]
+    return [t * float(cfg.algo.eval_target_scale) for t in targets]
+
+
+def dt_policies(cfg: DictConfig, objective: LossModule, targets: list[float], normalizer) -> dict[str, DTPolicy]:
+    """One evaluation policy per target return, labelled ``target=<R>``."""
+    return {f"target={t:g}": dt_policy(cfg, objective, t, normalizer) for t in targets}
+
+
+class NormalizedPolicy:
+    """``policy`` on normalized observations; a policy's episode hooks (``reset``, ``record``) pass through."""
+
+    def __init__(self, policy: Callable[[torch.Tensor], torch.Tensor], normalizer: nn.Module):
+        self.policy = policy
+        self.normalizer = normalizer
+
+    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy(self.normalizer(obs))
+
+    def __getattr__(self, name: str):
+        if name in ("reset", "record"):
+            return getattr(self.policy, name)
+        raise AttributeError(name)
+
+
 # objective name -> (agent builder, action space: True continuous, False discrete, None either)
 AGENT_BUILDERS: dict[str, tuple[Callable[..., Agent], bool | None]] = {
     "sac": (stochastic_agent, True), "redq": (stochastic_agent, True), "crossq": (stochastic_agent, True),
@@ -188,7 +284,10 @@ AGENT_BUILDERS: dict[str, tuple[Callable[..., Agent], bool | None]] = {
     "dqn": (qvalue_agent, False), "c51": (qvalue_agent, False),
     "iql": (iql_agent, True), "cql": (stochastic_agent, True), "td3bc": (deterministic_agent, True),
     "bc": (bc_agent, None), "discrete_iql": (discrete_iql_agent, False), "discrete_cql": (qvalue_agent, False),
+    "diffusion_bc": (diffusion_bc_agent, True), "act": (act_agent, True), "ppo": (ppo_agent, None),
+    "dt": (dt_agent, True), "online_dt": (dt_agent, True),
 }
+OWN_VALUE_ESTIMATOR = ("c51", "ppo")  # the others get a TD(0) estimator with algo.gamma
 CONTINUOUS_CHOICES = ", ".join(f"algo={n}" for n, (_, c) in AGENT_BUILDERS.items() if c is not False)
 DISCRETE_CHOICES = ", ".join(f"algo={n}" for n, (_, c) in AGENT_BUILDERS.items() if c is not True)
 
@@ -231,7 +330,7 @@ def build_agent(cfg: DictConfig, obs_spec: Bounded, action_spec) -> Agent:
         agent = builder(cfg, obs_spec.dim, action_spec)
     except (ValueError, TypeError) as err:  # the objective's own argument checks
         raise ConfigError(f"algo={cfg.algo.name}: {err}") from err
-    if name != "c51":
+    if name not in OWN_VALUE_ESTIMATOR:
         agent.objective.make_value_estimator(gamma=cfg.algo.gamma)
     return agent
 
@@ -255,30 +354,48 @@ def build_updater(objective: LossModule, cfg: DictConfig):
     return UPDATERS[cfg.type](objective, **kwargs)
 
 
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+SCHEDULES = ("cosine", "linear", "warmup")
+
+
 def make_adam(params: list[nn.Parameter], lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
-              weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """Adam with the fused kernel where this torch has it for the device, else the foreach one."""
+              weight_decay: float = 0.0, kind: str = "adam") -> torch.optim.Optimizer:
+    """Adam (or AdamW: decoupled weight decay) with the fused kernel where this torch has it for the
+    device, else the foreach one."""
+    cls = OPTIMIZERS[kind]
     kwargs = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
     try:
-        return torch.optim.Adam(params, fused=True, **kwargs)
+        return cls(params, fused=True, **kwargs)
     except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, foreach=True, **kwargs)
+        return cls(params, foreach=True, **kwargs)
 
 
 def planned_updates(cfg: DictConfig) -> int:
     """How many updates the run will make (the horizon of learning-rate schedules)."""
     t = cfg.trainer
+    if cfg.algo.get("on_policy"):
+        rows = int(cfg.algo.steps_per_env) * int(cfg.env.num_envs)
+        rounds = math.ceil(t.total_env_steps / rows)
+        return max(1, rounds * int(cfg.algo.epochs) * (rows // int(t.batch_size)))
     if cfg.dataset is not None:
         return int(t.total_updates)
     return max(1, int((t.total_env_steps - t.learning_starts) * t.updates_per_step))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, kind: str | None, group: str, steps: int):
+def build_scheduler(optimizer: torch.optim.Optimizer, kind: str | None, group: str, steps: int,
+                    warmup_steps: int = 0):
+    """``cosine`` (IQL's actor), ``linear`` decay to 0 (PPO), or ``warmup``: a linear ramp over
+    ``warmup_steps`` updates, then constant (the Decision Transformer)."""
     if kind is None:
         return None
-    if kind != "cosine":
-        raise ConfigError(f"unknown algo.optim.{group}.schedule {kind!r}; accepted: cosine or null")
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    if kind not in SCHEDULES:
+        raise ConfigError(f"unknown algo.optim.{group}.schedule {kind!r}; accepted: {', '.join(SCHEDULES)} or null")
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    if kind == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda update: max(0.0, 1.0 - update / steps))
+    ramp = max(1, int(warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda update: min(1.0, (update + 1) / ramp))
 
 
 def build_groups(objective: LossModule, cfg: DictConfig) -> list[OptimizerGroup]:
@@ -291,9 +408,12 @@ def build_groups(objective: LossModule, cfg: DictConfig) -> list[OptimizerGroup]
                               f"algo.optim.{name}.lr (groups of this objective: {objective.parameter_groups})")
         group_cfg = optim_cfg[name]
         params = objective.group_parameters(name)
-        optimizer = make_adam(params, group_cfg.lr, group_cfg.betas, group_cfg.eps, group_cfg.weight_decay)
+        kind = group_cfg.get("optimizer", "adam")
+        if kind not in OPTIMIZERS:
+            raise ConfigError(f"unknown algo.optim.{name}.optimizer {kind!r}; accepted: {sorted(OPTIMIZERS)}")
+        optimizer = make_adam(params, group_cfg.lr, group_cfg.betas, group_cfg.eps, group_cfg.weight_decay, kind)
         steps = planned_updates(cfg) // group_cfg.every
-        scheduler = build_scheduler(optimizer, group_cfg.get("schedule"), name, steps)
+        scheduler = build_scheduler(optimizer, group_cfg.get("schedule"), name, steps, group_cfg.get("warmup_steps", 0))
         groups.append(OptimizerGroup(name, optimizer, params, group_cfg.grad_clip, group_cfg.every, scheduler))
     return groups
 
@@ -302,7 +422,7 @@ def build_groups(objective: LossModule, cfg: DictConfig) -> list[OptimizerGroup]
 
 def build_loggers(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None, initial_step: int) -> Loggers:
     backends = []
-    step_key = "env_step" if cfg.dataset is None else "update"
+    step_key = "update" if counts_updates(cfg) else "env_step"
     for name in cfg.logger.backends:
         if name not in LOGGER_BACKENDS:
             raise ConfigError(f"unknown logger backend {name!r}; accepted: {LOGGER_BACKENDS}")
@@ -316,12 +436,18 @@ def build_loggers(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None, init
                 tags=list(w.tags) if w.tags else None, mode=w.mode, run_id=wandb_run_id, step_key=step_key))
         else:
             backends.append(TensorboardLogger(run_dir, step_key=step_key))
-    total = cfg.trainer.total_env_steps if cfg.dataset is None else cfg.trainer.total_updates
+    total = cfg.trainer.total_updates if counts_updates(cfg) else cfg.trainer.total_env_steps
     console = ConsoleProgress(total, initial=initial_step, enabled=cfg.logger.progress)
     return Loggers(CSVLogger(run_dir), console, backends)
 
 
 # ---- offline data -------------------------------------------------------------------------------
+
+def counts_updates(cfg: DictConfig) -> bool:
+    """The run's clock: gradient updates when it learns from a dataset, else env steps (online and
+    on-policy runs, imitation included)."""
+    return cfg.dataset is not None and not cfg.algo.get("on_policy")
+
 
 def task_name(cfg: DictConfig) -> str:
     """What a run learns from: the dataset id offline, the env id online."""
@@ -374,10 +500,15 @@ def prepare_offline_data(cfg: DictConfig, data: OfflineData) -> ObservationNorma
     return normalizer
 
 
+def _data_env(cfg: DictConfig, data: OfflineData):
+    """The env a dataset is evaluated (and imitated) in: ``dataset.eval_env``, else the one it records."""
+    return cfg.dataset.eval_env or data.eval_env_spec or data.env_spec
+
+
 def make_offline_eval_envs(cfg: DictConfig, data: OfflineData):
     """The dataset's evaluation env (``dataset.eval_env`` overrides the one it records), checked
     against the data's spaces."""
-    target = cfg.dataset.eval_env or data.eval_env_spec or data.env_spec
+    target = _data_env(cfg, data)
     if target is None:
         raise ConfigError(f"dataset {data.dataset_id!r} records no environment to evaluate in; set "
                           "dataset.eval_env=<gymnasium id>")
@@ -414,6 +545,10 @@ def validate(cfg: DictConfig) -> None:
     t = cfg.trainer
     if cfg.dataset is None:
         check_env_id(cfg.env.id)
+        if cfg.algo.get("imitation"):
+            raise ConfigError(f"algo={cfg.algo.name} imitates demonstrations: add a dataset of them, e.g. "
+                              "dataset=minari dataset.id=<Minari id> (python -m rltrain.make_dataset quality=expert "
+                              "makes one); the policy trains online in the dataset's env")
         if cfg.algo.get("offline_only"):
             raise ConfigError(f"algo={cfg.algo.name} learns from a dataset: add dataset=d4rl/hopper (or "
                               "dataset=minari dataset.id=<Minari id>)")
@@ -422,7 +557,7 @@ def validate(cfg: DictConfig) -> None:
         if OmegaConf.is_missing(cfg.dataset, "id"):
             raise ConfigError("dataset=minari needs the dataset's id: dataset.id=<Minari id>, "
                               "e.g. dataset.id=D4RL/door/human-v2")
-        counts = ("total_updates", "batch_size", "eval_episodes")
+        counts = ("total_env_steps" if cfg.algo.get("on_policy") else "total_updates", "batch_size", "eval_episodes")
     for key in counts:
         if t[key] < 1:
             raise ConfigError(f"trainer.{key} must be >= 1, got {t[key]}")
@@ -463,6 +598,8 @@ class Source:
     envs: object | None = None                      # online training envs
     normalizer: ObservationNormalizer | None = None
     score_refs: tuple[float, float] | None = None
+    dt_targets: list[float] | None = None           # Decision Transformer target returns
+    data_env: object | None = None                  # the dataset's env (Online DT fine-tunes in it)
 
 
 def online_source(cfg: DictConfig, device: torch.device) -> Source:
@@ -474,12 +611,74 @@ def online_source(cfg: DictConfig, device: torch.device) -> Source:
     return Source(buffer, eval_envs, *env_specs(envs), envs=envs)
 
 
+def dataset_sampler(cfg: DictConfig, data: OfflineData, device: torch.device):
+    """What an offline objective trains on: transitions, action chunks (ACT) or episode windows (DT)."""
+    kind = cfg.algo.get("sequence")
+    if kind is None:
+        return TransitionSampler(data, device, seed=cfg.seed)
+    if kind == "chunk":
+        return ChunkSampler(data, int(cfg.algo.chunk_size), device, seed=cfg.seed)
+    if kind in ("trajectory", "online_trajectory"):
+        capacity = int(cfg.algo.buffer_episodes) if kind == "online_trajectory" else None
+        return TrajectoryBuffer.from_offline_data(
+            data, context_len=int(cfg.algo.context_len), rtg_scale=float(cfg.algo.rtg_scale),
+            max_ep_len=int(cfg.algo.max_ep_len), capacity=capacity, device=device, seed=cfg.seed)
+    raise ConfigError(f"unknown algo.sequence {kind!r}; accepted: null, chunk, trajectory, online_trajectory")
+
+
 def offline_source(cfg: DictConfig, device: torch.device) -> Source:
+    """A dataset, its eval envs and normalization. Imitation (GAIL) keeps the demonstrations raw: its
+    discriminator compares them with the observations the policy collects."""
     data = load_offline_data(cfg.dataset)
     eval_envs, obs_spec, action_spec = make_offline_eval_envs(cfg, data)
+    refs = score_refs(cfg, data)
+    if cfg.algo.get("imitation"):
+        envs = make_vector_env(_data_env(cfg, data), cfg.env.num_envs, cfg.env.max_episode_steps)
+        return Source(TransitionSampler(data, device, seed=cfg.seed), eval_envs, obs_spec, action_spec, envs=envs,
+                      score_refs=refs)
     normalizer = prepare_offline_data(cfg, data).to(device)
-    return Source(TransitionSampler(data, device, seed=cfg.seed), eval_envs, obs_spec, action_spec,
-                  normalizer=normalizer, score_refs=score_refs(cfg, data))
+    dt_targets = None
+    if cfg.algo.get("sequence") in ("trajectory", "online_trajectory"):
+        dt_targets = dt_target_returns(cfg, data, refs)
+    return Source(dataset_sampler(cfg, data, device), eval_envs, obs_spec, action_spec, normalizer=normalizer,
+                  score_refs=refs, dt_targets=dt_targets, data_env=_data_env(cfg, data))
+
+
+def gail_reward_model(cfg: DictConfig, source: Source, device: torch.device) -> GAILRewardModel:
+    """The GAIL discriminator over the demonstrations (``source.buffer``) as a reward model."""
+    rm = cfg.algo.reward_model
+    action_spec = source.action_spec
+    discrete = isinstance(action_spec, Categorical)
+    discriminator = Discriminator(source.obs_spec.dim, None if discrete else action_spec.dim, tuple(rm.num_cells),
+                                  rm.activation, num_actions=action_spec.n if discrete else None)
+    loss = get_objective("gail")(discriminator, **OmegaConf.to_container(rm.loss, resolve=True)).to(device)
+    optimizer = make_adam(list(discriminator.parameters()), rm.lr)
+    return GAILRewardModel(loss, optimizer, source.buffer, updates_per_rollout=int(rm.updates_per_round),
+                           batch_size=int(rm.batch_size), seed=cfg.seed)
+
+
+def rollout_source(cfg: DictConfig, objective: LossModule, source: Source, device: torch.device) -> RolloutSource:
+    """On-policy rounds in the training envs; with ``algo.imitation``, GAIL's reward replaces the env's."""
+    reward_model = gail_reward_model(cfg, source, device) if cfg.algo.get("imitation") else None
+    try:
+        return RolloutSource(source.envs, objective.actor_network, objective.critic_network, objective,
+                             steps_per_env=int(cfg.algo.steps_per_env), epochs=int(cfg.algo.epochs),
+                             minibatch_size=int(cfg.trainer.batch_size), device=device, seed=cfg.seed,
+                             reward_model=reward_model)
+    except ValueError as err:
+        raise ConfigError(f"algo={cfg.algo.name}: {err}") from err
+
+
+def finetune_source(cfg: DictConfig, objective: LossModule, source: Source) -> OnlineFinetuneSource:
+    """Online DT: pre-training on the dataset, then episodes collected in the dataset's env with the
+    stochastic policy conditioned on ``online_target_scale`` x the first evaluation target."""
+    a = cfg.algo
+    envs = make_vector_env(source.data_env, 1, cfg.env.max_episode_steps)
+    target = float(a.online_target_scale) * source.dt_targets[0]
+    policy = dt_policy(cfg, objective, target, source.normalizer, deterministic=False)
+    return OnlineFinetuneSource(source.buffer, envs, policy, pretrain_updates=int(a.pretrain_updates),
+                                updates_per_episode=int(a.updates_per_episode),
+                                episodes_per_collect=int(a.episodes_per_collect), seed=cfg.seed, module=objective)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None = None,
@@ -491,15 +690,21 @@ def build_trainer(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None = Non
     objective = agent.objective.to(device)
     updater = build_updater(objective, cfg.algo.updater)
     groups = build_groups(objective, cfg)
-    collector = None
-    if source.envs is not None:
+    buffer, collector = source.buffer, None
+    if cfg.algo.get("on_policy"):
+        buffer = rollout_source(cfg, objective, source, device)
+    elif cfg.algo.get("sequence") == "online_trajectory":
+        buffer = finetune_source(cfg, objective, source)
+    elif source.envs is not None:
         collector = Collector(source.envs, agent.behaviour, device, seed=cfg.seed, exploration=agent.exploration)
-    eval_policy = agent.greedy
-    if source.normalizer is not None:
-        normalizer = source.normalizer
-        eval_policy = lambda obs: agent.greedy(normalizer(obs))  # noqa: E731
+    if source.dt_targets is not None:
+        eval_policy = dt_policies(cfg, objective, source.dt_targets, source.normalizer)
+    elif source.normalizer is not None:
+        eval_policy = NormalizedPolicy(agent.greedy, source.normalizer)
+    else:
+        eval_policy = agent.greedy
     return Trainer(
-        objective=objective, updater=updater, groups=groups, buffer=source.buffer, collector=collector,
+        objective=objective, updater=updater, groups=groups, buffer=buffer, collector=collector,
         eval_envs=source.eval_envs, eval_policy=eval_policy,
         loggers=build_loggers(cfg, run_dir, wandb_run_id, initial_step), run_dir=run_dir,
         config=trainer_config(cfg), device=device, score_refs=source.score_refs, normalizer=source.normalizer)
@@ -516,4 +721,4 @@ def load_policy(cfg: DictConfig, state: dict, obs_spec: Bounded, action_spec, mo
         return policy
     normalizer = ObservationNormalizer.identity(obs_spec.dim)
     normalizer.load_state_dict(state["normalizer"])
-    return lambda obs: policy(normalizer(obs))
+    return NormalizedPolicy(policy, normalizer)

@@ -1,4 +1,9 @@
-"""Deterministic evaluation: N episodes of the policy's mode on a separate eval env."""
+"""Deterministic evaluation: N episodes of the policy's mode on a separate eval env.
+
+A policy is ``policy(obs) -> action``. A policy with a memory (a Decision Transformer's context, ACT's
+temporal ensemble) also has ``reset(num_envs)``, called after every reset of the envs, and
+``record(reward)``, called with the rewards of every step.
+"""
 
 from __future__ import annotations
 
@@ -23,11 +28,15 @@ def evaluate(envs: gym.vector.VectorEnv, policy: Callable[[torch.Tensor], torch.
     for start in range(0, num_episodes, n):
         count = min(n, num_episodes - start)
         obs, _ = envs.reset(seed=[seed + start + i for i in range(n)])
+        if hasattr(policy, "reset"):
+            policy.reset(n)
         episode_return, episode_length = np.zeros(n), np.zeros(n, dtype=np.int64)
         running = np.arange(n) < count
         while running.any():
             action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
             obs, reward, terminated, truncated, _ = envs.step(action)
+            if hasattr(policy, "record"):
+                policy.record(torch.as_tensor(reward, dtype=torch.float32, device=device))
             episode_return += np.where(running, reward, 0.0)
             episode_length += running
             running &= ~(terminated | truncated)

@@ -14,6 +14,16 @@ Offline (no collector; the source is a dataset sampler, steps = gradient steps):
         one update
         every K updates: evaluate / log / checkpoint
 
+A dataset sampler may also collect: Online DT's fine-tuning source adds whole episodes to its
+trajectory buffer once pre-training is over (its ``env_steps`` are reported).
+
+On-policy (no collector; the source is a :class:`~rltrain.onpolicy.RolloutSource`, steps = env steps)::
+
+    while env_steps < total_env_steps:
+        collect a rollout (T steps of every env), score it (GAE; GAIL's reward model first)
+        epochs x minibatches updates on it
+        every K env steps: evaluate / log / checkpoint
+
 One update, either way::
 
     batch = source.sample(batch_size)
@@ -109,6 +119,10 @@ class Trainer:
     """Training of ``objective``, online from ``collector`` or, with ``collector=None``, offline from a
     dataset sampler given as ``buffer`` (see the module docstring for the loop).
 
+    ``eval_policy`` is one policy or a dict ``{label: policy}`` (a Decision Transformer conditioned on
+    several target returns): each is evaluated; the first gives the headline result and the others
+    are reported as ``<label>/return_mean`` (and ``<label>/normalized_score``).
+
     ``score_refs = (ref_min, ref_max)`` adds the normalized score ``100 (R - ref_min) / (ref_max - ref_min)``
     to every evaluation. ``normalizer`` (observation normalization, applied by ``eval_policy``) is
     saved in checkpoints and policy snapshots.
@@ -142,6 +156,7 @@ class Trainer:
         self._last_losses = None
         self._interval = {"time": time.perf_counter(), "updates": 0, "env_steps": 0}
         self._check_every_update = device.type == "cpu"
+        self.on_policy = collector is None and hasattr(buffer, "updates_per_rollout")
 
     @property
     def checkpoint_path(self) -> Path:
@@ -149,7 +164,8 @@ class Trainer:
 
     @property
     def offline(self) -> bool:
-        return self.collector is None
+        """Steps count gradient updates (a dataset, possibly with online fine-tuning)."""
+        return self.collector is None and not self.on_policy
 
     @property
     def step(self) -> int:
@@ -218,7 +234,9 @@ class Trainer:
     def fit(self) -> dict:
         self._start = time.perf_counter() - self._elapsed
         self.loggers.console.advance(self.step)
-        if self.offline:
+        if self.on_policy:
+            self._fit_on_policy()
+        elif self.offline:
             self._fit_offline()
         else:
             self._fit_online()
@@ -243,8 +261,19 @@ class Trainer:
         while self.updates < cfg.total_updates:
             before = self.updates
             self.update()
+            self.env_steps = getattr(self.buffer, "env_steps", 0)
             after = self.updates
             self._periodic(before, after, _crossed(before, after, cfg.checkpoint_every) or after >= cfg.total_updates)
+
+    def _fit_on_policy(self) -> None:
+        cfg = self.config
+        while self.env_steps < cfg.total_env_steps:
+            before = self.env_steps
+            self.env_steps += self.buffer.collect()
+            for _ in range(self.buffer.updates_per_rollout):
+                self.update()
+            after = self.env_steps
+            self._periodic(before, after, _crossed(before, after, cfg.checkpoint_every) or after >= cfg.total_env_steps)
 
     def _periodic(self, before: int, after: int, at_checkpoint: bool) -> None:
         """Progress, evaluation, logging and checkpoints due when the clock moved from ``before`` to ``after``."""
@@ -258,9 +287,15 @@ class Trainer:
             self._log_train()
         if at_checkpoint:
             self._verify_finite()
-            if not self.offline:
-                self.collector.reset(derive_seed(cfg.seed, self.env_steps, 1))
+            self._restart_episodes()
             self.save_checkpoint()
+
+    def _restart_episodes(self) -> None:
+        """Checkpoints are episode-aligned: training envs restart from a seed derived from the env step."""
+        if self.collector is not None:
+            self.collector.reset(derive_seed(self.config.seed, self.env_steps, 1))
+        elif self.on_policy:
+            self.buffer.reset(derive_seed(self.config.seed, self.env_steps, 1))
 
     def _run_owed_updates(self, before: int, after: int) -> None:
         """``updates_per_step`` updates per env step, run in bursts every ``train_every`` env steps."""
@@ -273,13 +308,21 @@ class Trainer:
             self.update()
             self._owed_updates -= 1.0
 
-    def _evaluate(self) -> None:
-        self.objective.eval()
-        result = evaluate(self.eval_envs, self.eval_policy, self.config.eval_episodes,
+    def _evaluate_policy(self, policy) -> dict:
+        result = evaluate(self.eval_envs, policy, self.config.eval_episodes,
                           seed=derive_seed(self.config.seed, self.step, 2), device=self.device)
-        self.objective.train()
         if self.score_refs is not None:
             result["normalized_score"] = normalized_score(result["return_mean"], *self.score_refs)
+        return result
+
+    def _evaluate(self) -> None:
+        self.objective.eval()
+        policies = self.eval_policy if isinstance(self.eval_policy, dict) else {"": self.eval_policy}
+        results = {label: self._evaluate_policy(policy) for label, policy in policies.items()}
+        self.objective.train()
+        result = dict(next(iter(results.values())))
+        for label, other in list(results.items())[1:]:
+            result |= {f"{label}/{key}": other[key] for key in ("return_mean", "normalized_score") if key in other}
         self.last_eval = {"env_step": self.env_steps, "update": self.updates, **result,
                           "time": round(self._elapsed, 3)}
         if self.best_eval is None or result["return_mean"] > self.best_eval["return_mean"]:
@@ -303,16 +346,22 @@ class Trainer:
                    "updates_per_s": (self.updates - self._interval["updates"]) / dt,
                    "env_steps_per_s": (self.env_steps - self._interval["env_steps"]) / dt,
                    "buffer_size": len(self.buffer)}
-        if self.offline:
+        if self.offline and not self.env_steps:
             del metrics["env_steps_per_s"]
         self._interval = {"time": now, "updates": self.updates, "env_steps": self.env_steps}
         if self._last_losses is not None:
             metrics.update({k: float(v.detach()) for k, v in self._last_losses.items() if v.numel() == 1})
-        episodes = [] if self.offline else self.collector.pop_finished_episodes()
+        episodes = self._episode_source().pop_finished_episodes() if self._episode_source() else []
         if episodes:
             metrics["episode_return"] = float(np.mean([r for r, _ in episodes]))
             metrics["episode_length"] = float(np.mean([n for _, n in episodes]))
         self.loggers.log_train(metrics)
+
+    def _episode_source(self):
+        """Whatever reports finished training episodes: the collector, a rollout or fine-tuning source."""
+        if self.collector is not None:
+            return self.collector
+        return self.buffer if hasattr(self.buffer, "pop_finished_episodes") else None
 
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -322,7 +371,7 @@ class Trainer:
             "schedulers": {g.name: g.scheduler.state_dict() for g in self.groups if g.scheduler is not None},
             "updater": self.updater.state_dict() if self.updater is not None else {},
             "buffer": self.buffer.state_dict(),
-            "collector_rng": None if self.offline else self.collector.rng.bit_generator.state,
+            "collector_rng": None if self.collector is None else self.collector.rng.bit_generator.state,
             "normalizer": self.normalizer.state_dict() if self.normalizer is not None else None,
             "rng": checkpoint.rng_state(),
             "counters": {"env_steps": self.env_steps, "updates": self.updates,
@@ -347,9 +396,9 @@ class Trainer:
         self.env_steps, self.updates = counters["env_steps"], counters["updates"]
         self._owed_updates, self._elapsed = counters["owed_updates"], counters["elapsed"]
         self.last_eval, self.best_eval = state["last_eval"], state.get("best_eval")  # older checkpoints lack it
-        if not self.offline:
+        if self.collector is not None:
             self.collector.rng.bit_generator.state = state["collector_rng"]
-            self.collector.reset(derive_seed(self.config.seed, self.env_steps, 1))
+        self._restart_episodes()
         checkpoint.set_rng_state(state["rng"])
         self._interval = {"time": time.perf_counter(), "updates": self.updates, "env_steps": self.env_steps}
 
@@ -369,7 +418,7 @@ class Trainer:
                         "best_normalized_score": best.get("normalized_score"),
                         "ref_min_score": self.score_refs[0], "ref_max_score": self.score_refs[1]}
         summary |= {
-            "mode": "offline" if self.offline else "online",
+            "mode": "on-policy" if self.on_policy else "offline" if self.offline else "online",
             "env_steps": self.env_steps,
             "updates": self.updates,
             "time_s": round(self._elapsed, 1),

@@ -20,7 +20,9 @@ GRIDS = sorted(p.stem for p in (CONFIGS / "experiment").glob("benchmark_*.yaml")
 LOGGERS = sorted(p.stem for p in (CONFIGS / "logger").glob("*.yaml"))
 DISCRETE_ENVS = {"cartpole", "acrobot", "mountaincar", "lunarlander"}
 DISCRETE_ALGOS = {"dqn", "c51", "discrete_iql", "discrete_cql"}
-OFFLINE_ALGOS = {"iql", "cql", "td3bc", "bc", "discrete_iql", "discrete_cql"}
+OFFLINE_ALGOS = {"iql", "cql", "td3bc", "bc", "discrete_iql", "discrete_cql", "dt", "online_dt", "diffusion_bc", "act"}
+IMITATION_ALGOS = {"gail"}      # demonstrations + online (on-policy) training in their env
+ON_POLICY_ALGOS = {"ppo", "gail"}
 DATASETS = sorted(str(p.relative_to(CONFIGS / "dataset").with_suffix("")) for p in (CONFIGS / "dataset").rglob("*.yaml"))
 SMALL = ["device=cpu", "logger.progress=false", "trainer.eval_episodes=1", "network.critic.num_cells=[16,16]",
          "network.actor.num_cells=[16,16]"]
@@ -33,7 +35,9 @@ def compose_config(*overrides: str):
 
 def build(tmp_path, *overrides: str):
     trainer = build_trainer(compose_config(*overrides, *SMALL), tmp_path)
-    if not trainer.offline:
+    if trainer.on_policy:
+        trainer.buffer.collect()
+    elif not trainer.offline:
         for _ in range(3):
             trainer.buffer.extend(trainer.collector.step(random=False))
     return trainer
@@ -56,10 +60,13 @@ def test_env_config_builds_and_collects(env, tmp_path):
 def test_algo_config_builds_and_updates(algo, tmp_path, request):
     env = "cartpole" if algo in DISCRETE_ALGOS else "pendulum"
     source = [f"env={env}"]
-    if algo in OFFLINE_ALGOS:
+    if algo in OFFLINE_ALGOS | IMITATION_ALGOS:
         source = ["dataset=minari", f"dataset.id={request.getfixturevalue('tiny_datasets')[env]}"]
+    if algo in ON_POLICY_ALGOS:
+        source.append("algo.steps_per_env=8")
     trainer = build(tmp_path, f"algo={algo}", *source, "trainer.batch_size=3")
     assert trainer.offline == (algo in OFFLINE_ALGOS)
+    assert trainer.on_policy == (algo in ON_POLICY_ALGOS)
     trainer.update()
     assert trainer.updates == 1
     assert {g.name for g in trainer.groups} == set(trainer.objective.parameter_groups)
