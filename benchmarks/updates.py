@@ -16,6 +16,12 @@ continuous tasks use HalfCheetah's sizes (obs 17, act 6), DQN uses CartPole's (o
 * ``cql``: CQL (offline), CQL(H) with importance sampling, 10 actions per kind, weight 10, learned
   alpha, deterministic backup (CORL's settings).
 * ``td3bc``: TD3+BC (offline), alpha 2.5, actor and targets every 2nd update.
+* ``dt``: Decision Transformer (offline), context 20, 3 layers, 1 head, embedding 128, inner 512,
+  dropout 0.1, batch 64, AdamW with linear warm-up, grad-norm clip 0.25; episodes of 1000 steps.
+  The hand-written side is the minimal GPT most DT scripts carry (masked attention written out,
+  as in min-decision-transformer), with windows gathered from padded, preallocated tensors.
+* ``diffusion_bc``: Diffusion BC (offline), DDPM with 100 steps, score MLP 256x256 SiLU over
+  (noisy action, state, sinusoidal time embedding), Adam 1e-4, grad-norm clip 1.0, batch 256.
 
 Offline algorithms sample from rltrain's dataset sampler (the path ``dataset=...`` runs use), the
 hand-written loops from the same tensors.
@@ -357,6 +363,111 @@ class HandTD3BC(HandTD3):
         return -(2.5 / q.abs().mean().detach()) * q.mean() + F.mse_loss(pi, act)
 
 
+class HandCausalBlock(nn.Module):
+    """One pre-LN GPT block with the attention written out (QK^T, causal mask, softmax, V)."""
+
+    def __init__(self, dim: int, heads: int, inner: int, dropout: float, tokens: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, inner), nn.GELU(), nn.Linear(inner, dim), nn.Dropout(dropout))
+        self.attn_drop, self.resid_drop = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.register_buffer("causal", torch.tril(torch.ones(tokens, tokens, dtype=torch.bool)))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        weights = (q @ k.transpose(-2, -1)) / (d // self.heads) ** 0.5
+        weights = self.attn_drop(weights.masked_fill(~self.causal[:t, :t], float("-inf")).softmax(-1))
+        x = x + self.resid_drop(self.proj((weights @ v).transpose(1, 2).reshape(b, t, d)))
+        return x + self.mlp(self.ln2(x))
+
+
+class HandDT(nn.Module):
+    """The Decision Transformer as scripts write it: token embeddings + timestep embedding, GPT
+    blocks over (R, s, a) tokens, a tanh action head read at the state tokens; L2 on valid steps."""
+
+    CONTEXT, EMBED, LAYERS, HEADS, INNER, EPISODE = 20, 128, 3, 1, 512, 1000
+
+    def __init__(self, data, obs, act, batch):
+        super().__init__()
+        d, t = self.EMBED, self.CONTEXT
+        self.data, self.batch = data, batch
+        self.generator = torch.Generator().manual_seed(0)
+        self.embed_return, self.embed_state, self.embed_action = nn.Linear(1, d), nn.Linear(obs, d), nn.Linear(act, d)
+        self.embed_time = nn.Embedding(self.EPISODE, d)
+        self.embed_ln = nn.LayerNorm(d)
+        self.blocks = nn.Sequential(*[HandCausalBlock(d, self.HEADS, self.INNER, 0.1, 3 * t) for _ in range(self.LAYERS)])
+        self.final_ln = nn.LayerNorm(d)
+        self.head = nn.Sequential(nn.Linear(d, act), nn.Tanh())
+        self.opt = torch.optim.AdamW(self.parameters(), lr=1e-4, weight_decay=5e-4)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / 10_000))
+        # windows ending at each step: left-pad every episode with CONTEXT - 1 empty steps
+        n = data["obs"].shape[0]
+        episodes = n // self.EPISODE
+        pad = lambda x: F.pad(x.view(episodes, self.EPISODE, -1), (0, 0, t - 1, 0))  # noqa: E731
+        self.obs, self.act = pad(data["obs"]), pad(data["act"])
+        self.rtg, self.valid = pad(data["rtg"].unsqueeze(-1)), pad(torch.ones(n, 1)).squeeze(-1).bool()
+        self.time = pad(torch.arange(self.EPISODE).repeat(episodes).unsqueeze(-1).float()).squeeze(-1).long()
+
+    def sample(self):
+        episode = torch.randint(self.obs.shape[0], (self.batch,), generator=self.generator)
+        end = torch.randint(self.EPISODE, (self.batch,), generator=self.generator) + self.CONTEXT
+        steps = end.unsqueeze(1) - torch.arange(self.CONTEXT, 0, -1)
+        rows = episode.unsqueeze(1)
+        return (self.obs[rows, steps], self.act[rows, steps], self.rtg[rows, steps], self.time[rows, steps],
+                self.valid[rows, steps])
+
+    def update(self):
+        obs, act, rtg, time_, valid = self.sample()
+        b, t = valid.shape
+        time_embedding = self.embed_time(time_)
+        tokens = torch.stack([self.embed_return(rtg), self.embed_state(obs), self.embed_action(act)], 2)
+        tokens = (tokens + time_embedding.unsqueeze(2)).reshape(b, 3 * t, -1)
+        hidden = self.final_ln(self.blocks(self.embed_ln(tokens))).view(b, t, 3, -1)
+        prediction = self.head(hidden[:, :, 1])
+        loss = ((prediction - act).pow(2) * valid.unsqueeze(-1)).sum() / (valid.sum() * act.shape[-1])
+        self.opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.parameters(), 0.25)
+        self.opt.step()
+        self.schedule.step()
+
+
+class HandDiffusionBC(HandWritten):
+    """DDPM behaviour cloning as scripts write it: a noise-prediction MLP and the MSE on the noise."""
+
+    STEPS = 100
+
+    def __init__(self, data, obs, act, batch):
+        super().__init__(data, batch)
+        self.net = nn.Sequential(nn.Linear(act + obs + 16, 256), nn.SiLU(), nn.Linear(256, 256), nn.SiLU(),
+                                 nn.Linear(256, act))
+        self.alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, self.STEPS), 0)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-4)
+
+    @staticmethod
+    def time_embedding(t):
+        freqs = torch.exp(-np.log(10_000.0) * torch.arange(8) / 8)
+        args = t.float().unsqueeze(-1) * freqs
+        return torch.cat([args.sin(), args.cos()], -1)
+
+    def update(self):
+        obs, act, _, _, _ = self.sample()
+        t = torch.randint(self.STEPS, (self.batch,))
+        noise = torch.randn_like(act)
+        abar = self.alphas_cumprod[t].unsqueeze(-1)
+        noisy = abar.sqrt() * act + (1 - abar).sqrt() * noise
+        loss = F.mse_loss(self.net(torch.cat([noisy, obs, self.time_embedding(t)], -1)), noise)
+        self.opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+        self.opt.step()
+
+
+SEQUENCE = {"obs": 17, "act": 6, "batch": 64}
+
 # (hand-written class, rltrain overrides, sizes)
 ALGOS = {
     "sac": (HandSAC, ["algo=sac", "env=halfcheetah"], CONTINUOUS),
@@ -366,16 +477,71 @@ ALGOS = {
     "iql": (HandIQL, ["algo=iql", "env=halfcheetah"], CONTINUOUS),
     "cql": (HandCQL, ["algo=cql", "env=halfcheetah"], CONTINUOUS),
     "td3bc": (HandTD3BC, ["algo=td3bc", "env=halfcheetah"], CONTINUOUS),
+    "dt": (HandDT, ["algo=dt"], SEQUENCE),
+    "diffusion_bc": (HandDiffusionBC, ["algo=diffusion_bc"], CONTINUOUS),
 }
 OFFLINE = {"iql", "cql", "td3bc"}
+DATASET_ONLY = {"dt", "diffusion_bc"}  # built without an env: objective + groups on a synthetic dataset
 
 
 def make_data(sizes: dict, discrete: bool) -> dict[str, torch.Tensor]:
+    """``CAPACITY`` random transitions; for sequences, 100 episodes of 1000 steps with returns-to-go."""
     torch.manual_seed(0)
     obs, act = sizes["obs"], sizes["act"]
     action = torch.randint(act, (CAPACITY,)) if discrete else torch.rand(CAPACITY, act) * 2 - 1
-    return {"obs": torch.randn(CAPACITY, obs), "act": action, "rew": torch.randn(CAPACITY),
+    reward = torch.randn(CAPACITY)
+    rtg = reward.view(-1, HandDT.EPISODE).flip(-1).cumsum(-1).flip(-1).reshape(-1) * 1e-3
+    return {"obs": torch.randn(CAPACITY, obs), "act": action, "rew": reward, "rtg": rtg,
             "next_obs": torch.randn(CAPACITY, obs), "term": (torch.rand(CAPACITY) < 0.01).float()}
+
+
+def episodes_data(data: dict[str, torch.Tensor], episode: int):
+    """``data`` as rltrain's OfflineData of episodes of ``episode`` steps."""
+    import gymnasium as gym
+
+    from rltrain.data.minari_data import OfflineData
+
+    n, obs_dim = data["obs"].shape
+    count = n // episode
+    steps = torch.arange(n) % episode
+    episode_index = torch.arange(n) // episode
+    obs_index = torch.arange(n) + episode_index  # each episode stores its final next observation too
+    observations = torch.zeros(n + count, obs_dim)
+    observations[obs_index] = data["obs"]
+    return OfflineData(
+        observations=observations, obs_index=obs_index, actions=data["act"], rewards=data["rew"],
+        terminated=steps == episode - 1, truncated=torch.zeros(n, dtype=torch.bool), episode_index=episode_index,
+        step_index=steps, episode_starts=torch.arange(count) * episode,
+        episode_lengths=torch.full((count,), episode, dtype=torch.long),
+        episode_returns=data["rew"].view(count, episode).sum(-1).double(),
+        observation_space=gym.spaces.Box(-np.inf, np.inf, (obs_dim,)),
+        action_space=gym.spaces.Box(-1, 1, (data["act"].shape[-1],)), env_spec=None, eval_env_spec=None,
+        ref_min_score=None, ref_max_score=None, dataset_id="benchmark/episodes-v0")
+
+
+def dataset_trainer(overrides: list[str], data: dict[str, torch.Tensor], batch: int):
+    """rltrain's Trainer for a dataset-only objective: the objective and optimizer groups built from
+    the configs, the sampler its config asks for, over ``data`` as 1000-step episodes."""
+    from hydra import compose, initialize_config_module
+
+    import rltrain.__main__  # noqa: F401  (registers the config resolvers)
+    from rltrain.build import build_agent, build_groups, dataset_sampler as sampler_for, trainer_config
+    from rltrain.loggers import ConsoleProgress, CSVLogger, Loggers
+    from rltrain.modules import Bounded
+    from rltrain.trainer import Trainer
+
+    with initialize_config_module("rltrain.configs", version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, "dataset=minari", "dataset.id=benchmark/episodes-v0",
+                                           "device=cpu", "logger.progress=false", f"trainer.batch_size={batch}"])
+    obs_dim, act_dim = data["obs"].shape[-1], data["act"].shape[-1]
+    action_spec = Bounded(-torch.ones(act_dim), torch.ones(act_dim))
+    agent = build_agent(cfg, Bounded(-torch.ones(obs_dim) * np.inf, torch.ones(obs_dim) * np.inf), action_spec)
+    run_dir = Path("/tmp/rltrain-benchmark")
+    loggers = Loggers(CSVLogger(run_dir), ConsoleProgress(1, enabled=False), [])
+    return Trainer(objective=agent.objective, updater=None, groups=build_groups(agent.objective, cfg),
+                   buffer=sampler_for(cfg, episodes_data(data, HandDT.EPISODE), torch.device("cpu")), collector=None,
+                   eval_envs=None, eval_policy=None, loggers=loggers, run_dir=run_dir, config=trainer_config(cfg),
+                   device=torch.device("cpu"))
 
 
 def dataset_sampler(data: dict[str, torch.Tensor]):
@@ -470,7 +636,10 @@ def main() -> None:
         hand_cls, overrides, sizes = ALGOS[name]
         data = make_data(sizes, discrete=sizes is DISCRETE)
         hand = hand_cls(data, sizes["obs"], sizes["act"], sizes["batch"])
-        trainer = trainers[name] = rltrain_trainer(overrides, data, sizes["batch"], offline=name in OFFLINE)
+        if name in DATASET_ONLY:
+            trainer = trainers[name] = dataset_trainer(overrides, data, sizes["batch"])
+        else:
+            trainer = trainers[name] = rltrain_trainer(overrides, data, sizes["batch"], offline=name in OFFLINE)
         for threads in args.threads:
             torch.set_num_threads(threads)
             for _ in range(10):  # warm-up

@@ -26,7 +26,7 @@ from rltrain.data.minari_data import (
     DatasetError, OfflineData, TransitionSampler, load_minari, minari_root, to_offline_data,
 )
 from rltrain.data.normalize import ObservationNormalizer, apply_reward_transform, normalize_in_place
-from rltrain.data.replay import ReplayBuffer
+from rltrain.data.replay import ReplayBuffer, RewardRelabelingReplay
 from rltrain.envs import check_env_id, env_specs, make_vector_env
 from rltrain.errors import ConfigError
 from rltrain.loggers import ConsoleProgress, CSVLogger, Loggers, TensorboardLogger, WandbLogger
@@ -316,7 +316,20 @@ def build_agent(cfg: DictConfig, obs_spec: Bounded, action_spec) -> Agent:
     if name not in AGENT_BUILDERS:
         raise ConfigError(f"unknown objective {name!r} in algo.objective; accepted: {sorted(AGENT_BUILDERS)}")
     _check_loss_kwargs(name, cfg.algo.loss)
-    builder, continuous = AGENT_BUILDERS[name]
+    check_action_space(cfg, action_spec)
+    builder = AGENT_BUILDERS[name][0]
+    try:
+        agent = builder(cfg, obs_spec.dim, action_spec)
+    except (ValueError, TypeError) as err:  # the objective's own argument checks
+        raise ConfigError(f"algo={cfg.algo.name}: {err}") from err
+    if name not in OWN_VALUE_ESTIMATOR:
+        agent.objective.make_value_estimator(gamma=cfg.algo.gamma)
+    return agent
+
+
+def check_action_space(cfg: DictConfig, action_spec) -> None:
+    """The objective's kind of actions (continuous, discrete or either) against the env's or data's."""
+    continuous = AGENT_BUILDERS[cfg.algo.objective][1]
     source = f"dataset {cfg.dataset.id}" if cfg.dataset is not None else cfg.env.id
     if continuous is True and not isinstance(action_spec, Bounded):
         raise ConfigError(f"algo={cfg.algo.name} needs a continuous (Box) action space, but {source} has a "
@@ -326,13 +339,6 @@ def build_agent(cfg: DictConfig, obs_spec: Bounded, action_spec) -> Agent:
         raise ConfigError(f"algo={cfg.algo.name} needs a discrete action space, but {source} has a continuous "
                           f"one. Pick discrete-action data or env (env=cartpole, env=acrobot, ...) or a continuous "
                           f"algorithm ({CONTINUOUS_CHOICES}).")
-    try:
-        agent = builder(cfg, obs_spec.dim, action_spec)
-    except (ValueError, TypeError) as err:  # the objective's own argument checks
-        raise ConfigError(f"algo={cfg.algo.name}: {err}") from err
-    if name not in OWN_VALUE_ESTIMATOR:
-        agent.objective.make_value_estimator(gamma=cfg.algo.gamma)
-    return agent
 
 
 def _check_loss_kwargs(name: str, loss_cfg: DictConfig) -> None:
@@ -377,7 +383,7 @@ def planned_updates(cfg: DictConfig) -> int:
         rows = int(cfg.algo.steps_per_env) * int(cfg.env.num_envs)
         rounds = math.ceil(t.total_env_steps / rows)
         return max(1, rounds * int(cfg.algo.epochs) * (rows // int(t.batch_size)))
-    if cfg.dataset is not None:
+    if counts_updates(cfg):
         return int(t.total_updates)
     return max(1, int((t.total_env_steps - t.learning_starts) * t.updates_per_step))
 
@@ -444,9 +450,9 @@ def build_loggers(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None, init
 # ---- offline data -------------------------------------------------------------------------------
 
 def counts_updates(cfg: DictConfig) -> bool:
-    """The run's clock: gradient updates when it learns from a dataset, else env steps (online and
-    on-policy runs, imitation included)."""
-    return cfg.dataset is not None and not cfg.algo.get("on_policy")
+    """The run's clock: gradient updates when it learns from a dataset alone, else env steps (online
+    and on-policy runs, imitation included)."""
+    return cfg.dataset is not None and not cfg.algo.get("on_policy") and not cfg.algo.get("imitation")
 
 
 def task_name(cfg: DictConfig) -> str:
@@ -557,7 +563,7 @@ def validate(cfg: DictConfig) -> None:
         if OmegaConf.is_missing(cfg.dataset, "id"):
             raise ConfigError("dataset=minari needs the dataset's id: dataset.id=<Minari id>, "
                               "e.g. dataset.id=D4RL/door/human-v2")
-        counts = ("total_env_steps" if cfg.algo.get("on_policy") else "total_updates", "batch_size", "eval_episodes")
+        counts = ("total_updates" if counts_updates(cfg) else "total_env_steps", "batch_size", "eval_episodes")
     for key in counts:
         if t[key] < 1:
             raise ConfigError(f"trainer.{key} must be >= 1, got {t[key]}")
@@ -626,11 +632,31 @@ def dataset_sampler(cfg: DictConfig, data: OfflineData, device: torch.device):
     raise ConfigError(f"unknown algo.sequence {kind!r}; accepted: null, chunk, trajectory, online_trajectory")
 
 
+# objective -> (the source it needs, the batch keys that source provides)
+SEQUENCE_SOURCES = {
+    "dt": ("trajectory", "observation, action, return_to_go, timestep, pad_mask [B, T]"),
+    "online_dt": ("online_trajectory", "observation, action, return_to_go, timestep, pad_mask [B, T]"),
+    "act": ("chunk", "observation [B], (vla_action, chunk) [B, H, A], action_is_pad [B, H]"),
+}
+
+
+def check_sequence_source(cfg: DictConfig) -> None:
+    """A sequence objective on flat transitions would fail at its first batch: say so before loading."""
+    name, kind = cfg.algo.objective, cfg.algo.get("sequence")
+    if name in SEQUENCE_SOURCES and kind != SEQUENCE_SOURCES[name][0]:
+        expected, keys = SEQUENCE_SOURCES[name]
+        raise ConfigError(f"algo={cfg.algo.name} trains on batches with {keys}, which algo.sequence={expected} "
+                          f"provides; algo.sequence={kind} does not. Remove the algo.sequence override.")
+
+
 def offline_source(cfg: DictConfig, device: torch.device) -> Source:
     """A dataset, its eval envs and normalization. Imitation (GAIL) keeps the demonstrations raw: its
     discriminator compares them with the observations the policy collects."""
+    check_sequence_source(cfg)
     data = load_offline_data(cfg.dataset)
     eval_envs, obs_spec, action_spec = make_offline_eval_envs(cfg, data)
+    if cfg.algo.objective in AGENT_BUILDERS:  # before the samplers, which assume the objective's actions
+        check_action_space(cfg, action_spec)
     refs = score_refs(cfg, data)
     if cfg.algo.get("imitation"):
         envs = make_vector_env(_data_env(cfg, data), cfg.env.num_envs, cfg.env.max_episode_steps)
@@ -671,10 +697,13 @@ def rollout_source(cfg: DictConfig, objective: LossModule, source: Source, devic
 
 def finetune_source(cfg: DictConfig, objective: LossModule, source: Source) -> OnlineFinetuneSource:
     """Online DT: pre-training on the dataset, then episodes collected in the dataset's env with the
-    stochastic policy conditioned on ``online_target_scale`` x the first evaluation target."""
+    stochastic policy conditioned on a return above the first evaluation target ``R``:
+    ``R + (online_target_scale - 1) |R|`` (``2R`` for the paper's positive returns and scale 2; still
+    higher, not lower, when returns are negative)."""
     a = cfg.algo
     envs = make_vector_env(source.data_env, 1, cfg.env.max_episode_steps)
-    target = float(a.online_target_scale) * source.dt_targets[0]
+    first = source.dt_targets[0]
+    target = first + (float(a.online_target_scale) - 1.0) * abs(first)
     policy = dt_policy(cfg, objective, target, source.normalizer, deterministic=False)
     return OnlineFinetuneSource(source.buffer, envs, policy, pretrain_updates=int(a.pretrain_updates),
                                 updates_per_episode=int(a.updates_per_episode),
@@ -696,6 +725,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None = Non
     elif cfg.algo.get("sequence") == "online_trajectory":
         buffer = finetune_source(cfg, objective, source)
     elif source.envs is not None:
+        if cfg.algo.get("imitation"):  # GAIL with an off-policy learner: the discriminator's rewards
+            buffer = RewardRelabelingReplay(ReplayBuffer(int(cfg.trainer.buffer_size), device, seed=cfg.seed),
+                                            gail_reward_model(cfg, source, device),
+                                            int(cfg.algo.reward_model.train_every))
         collector = Collector(source.envs, agent.behaviour, device, seed=cfg.seed, exploration=agent.exploration)
     if source.dt_targets is not None:
         eval_policy = dt_policies(cfg, objective, source.dt_targets, source.normalizer)

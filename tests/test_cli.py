@@ -57,17 +57,26 @@ def test_same_seed_same_metrics(tmp_path):
     assert read_rows(only_run_dir(tmp_path / "c") / "eval.csv") != read_rows(a / "eval.csv")
 
 
-@pytest.mark.parametrize("algo", [
-    [],  # SAC on Pendulum: soft targets, stochastic policy
-    ["algo=dqn", "env=cartpole", "algo.updater.value_network_update_interval=50",
-     "algo.exploration.annealing_steps=2000"],  # hard-update counter, epsilon-greedy, discrete env
-    ["algo=iql", "dataset=minari", "dataset.id=rltrain-test/pendulum/tiny-v0",  # offline: dataset sampler,
-     "trainer.total_updates=3000"],                                             # normalizer, cosine lr
-], ids=["sac", "dqn", "iql-offline"])
-def test_resume_after_sigkill_equals_uninterrupted(tmp_path, algo, tiny_datasets):
+TINY_DT = ["algo.model={embed_dim:16,n_layer:1,n_head:1,inner_dim:32,dropout:0.1}", "algo.context_len=5",
+           "algo.max_ep_len=200", "trainer.batch_size=16"]
+
+
+@pytest.mark.parametrize("algo, counter", [
+    ([], "env_steps"),  # SAC on Pendulum: soft targets, stochastic policy
+    (["algo=dqn", "env=cartpole", "algo.updater.value_network_update_interval=50",
+      "algo.exploration.annealing_steps=2000"], "env_steps"),  # hard-update counter, epsilon-greedy, discrete env
+    (["algo=iql", "dataset=minari", "dataset.id=rltrain-test/pendulum/tiny-v0",  # offline: dataset sampler,
+      "trainer.total_updates=3000"], "updates"),                                 # normalizer, cosine lr
+    (["algo=ppo", "env=cartpole", "algo.steps_per_env=250"], "env_steps"),  # rollouts, GAE, linear lr decay
+    (["algo=gail", "dataset=minari", "dataset.id=rltrain-test/cartpole/tiny-v0",  # + the discriminator and
+      "algo.steps_per_env=250"], "env_steps"),                                     # its optimizer
+    (["algo=online_dt", "dataset=minari", "dataset.id=rltrain-test/pendulum/tiny-v0", *TINY_DT,  # trajectory
+      "algo.pretrain_updates=500", "algo.updates_per_episode=400", "trainer.total_updates=1500"], "updates"),
+], ids=["sac", "dqn", "iql-offline", "ppo", "gail", "online_dt"])
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path, algo, counter, tiny_datasets):
+    """Online DT's episodes (buffer, env seeds, sampling noise), warm-up schedule and alpha resume too."""
     args = [*SHORT, *algo, "trainer.total_env_steps=3000", "trainer.checkpoint_every=1000",
             "trainer.eval_every=1000", "trainer.warmup_steps=200", "trainer.learning_starts=200", "seed=7"]
-    counter = "updates" if "dataset=minari" in algo else "env_steps"
     run_cli(args, tmp_path / "whole")
     whole = only_run_dir(tmp_path / "whole")
 

@@ -21,7 +21,7 @@ LOGGERS = sorted(p.stem for p in (CONFIGS / "logger").glob("*.yaml"))
 DISCRETE_ENVS = {"cartpole", "acrobot", "mountaincar", "lunarlander"}
 DISCRETE_ALGOS = {"dqn", "c51", "discrete_iql", "discrete_cql"}
 OFFLINE_ALGOS = {"iql", "cql", "td3bc", "bc", "discrete_iql", "discrete_cql", "dt", "online_dt", "diffusion_bc", "act"}
-IMITATION_ALGOS = {"gail"}      # demonstrations + online (on-policy) training in their env
+IMITATION_ALGOS = {"gail", "gail_sac"}      # demonstrations + online (on-policy) training in their env
 ON_POLICY_ALGOS = {"ppo", "gail"}
 DATASETS = sorted(str(p.relative_to(CONFIGS / "dataset").with_suffix("")) for p in (CONFIGS / "dataset").rglob("*.yaml"))
 SMALL = ["device=cpu", "logger.progress=false", "trainer.eval_episodes=1", "network.critic.num_cells=[16,16]",
@@ -87,10 +87,30 @@ def test_experiment_presets_build(experiment, tmp_path):
     (["algo=dqn", "env=cartpole", "algo.loss.double_dqn=true", "algo.loss.delay_value=false"], "double_dqn"),
     (["algo=c51", "env=cartpole", "algo.support.vmin=5", "algo.support.vmax=5"], "vmin < vmax"),
     (["algo=td3", "algo.exploration.type=egreedy"], "needs a discrete action space"),
+    (["algo=dt"], "learns from a dataset"),
+    (["algo=gail"], "imitates demonstrations"),
+    (["algo=ppo", "env=cartpole", "algo.steps_per_env=8", "trainer.batch_size=64"], "minibatch_size 64 exceeds"),
 ])
 def test_mismatched_or_invalid_algorithm_settings_fail_clearly(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build_trainer(compose_config(*overrides, *SMALL), tmp_path)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["algo=dt", "algo.context_len=500"], "longer than every episode"),
+    (["algo=online_dt", "algo.context_len=500"], "longer than every episode"),
+    (["algo=act", "algo.chunk_size=500"], "longer than every episode"),
+    (["algo=dt", "algo.sequence=null"], "return_to_go, timestep, pad_mask"),
+    (["algo=act", "algo.sequence=trajectory"], "action_is_pad"),
+    (["algo=diffusion_bc", "cartpole"], "needs a continuous (Box) action space"),
+    (["algo=act", "cartpole"], "needs a continuous (Box) action space"),
+    (["algo=dt", "cartpole"], "needs a continuous (Box) action space"),
+])
+def test_sequence_and_generative_input_errors_name_the_fix(overrides, message, tmp_path, tiny_datasets):
+    *settings, env = overrides if overrides[-1] == "cartpole" else [*overrides, "pendulum"]
+    data = ["dataset=minari", f"dataset.id={tiny_datasets[env]}"]
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_trainer(compose_config(*settings, *data, *SMALL), tmp_path)
 
 
 @pytest.mark.parametrize("logger", LOGGERS)

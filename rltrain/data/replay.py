@@ -90,3 +90,50 @@ class ReplayBuffer:
                 store = torch.empty((self.capacity, *filled.shape[1:]), dtype=filled.dtype, device=self.device)
                 store[: self._size] = filled.to(self.device)
                 self._storage[key] = store
+
+
+class RewardRelabelingReplay:
+    """A replay buffer whose sampled rewards come from a learned reward model (GAIL with an
+    off-policy learner such as SAC).
+
+    Every ``train_every`` samples, the reward model first trains on the batch just drawn (fresh
+    policy data for GAIL's discriminator); every sampled batch then gets the model's current reward
+    at ``("next", "reward")``, so rewards follow the model as it learns. The environment's reward
+    stays in the storage and is never sampled for learning.
+
+    Args:
+        buffer: the :class:`ReplayBuffer` the collector fills.
+        reward_model: has ``train(batch)``, ``relabel(batch)``, ``state_dict()``, ``load_state_dict()``
+            (e.g. :class:`rltrain.onpolicy.GAILRewardModel`).
+        train_every: samples between reward-model trainings.
+    """
+
+    def __init__(self, buffer: ReplayBuffer, reward_model, train_every: int = 1):
+        if train_every < 1:
+            raise ValueError(f"train_every must be >= 1, got {train_every}")
+        self.buffer = buffer
+        self.reward_model = reward_model
+        self.train_every = int(train_every)
+        self.samples = 0
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
+    def extend(self, transitions: TensorDictBase) -> None:
+        self.buffer.extend(transitions)
+
+    def sample(self, batch_size: int) -> TensorDict:
+        batch = self.buffer.sample(batch_size)
+        if self.samples % self.train_every == 0:
+            self.reward_model.train(batch)
+        self.samples += 1
+        return self.reward_model.relabel(batch)
+
+    def state_dict(self) -> dict:
+        return {"buffer": self.buffer.state_dict(), "reward_model": self.reward_model.state_dict(),
+                "samples": self.samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer.load_state_dict(state["buffer"])
+        self.reward_model.load_state_dict(state["reward_model"])
+        self.samples = state["samples"]
