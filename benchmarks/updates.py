@@ -397,7 +397,7 @@ class HandDT(nn.Module):
         self.generator = torch.Generator().manual_seed(0)
         self.embed_return, self.embed_state, self.embed_action = nn.Linear(1, d), nn.Linear(obs, d), nn.Linear(act, d)
         self.embed_time = nn.Embedding(self.EPISODE, d)
-        self.embed_ln = nn.LayerNorm(d)
+        self.embed_ln, self.embed_drop = nn.LayerNorm(d), nn.Dropout(0.1)
         self.blocks = nn.Sequential(*[HandCausalBlock(d, self.HEADS, self.INNER, 0.1, 3 * t) for _ in range(self.LAYERS)])
         self.final_ln = nn.LayerNorm(d)
         self.head = nn.Sequential(nn.Linear(d, act), nn.Tanh())
@@ -425,7 +425,7 @@ class HandDT(nn.Module):
         time_embedding = self.embed_time(time_)
         tokens = torch.stack([self.embed_return(rtg), self.embed_state(obs), self.embed_action(act)], 2)
         tokens = (tokens + time_embedding.unsqueeze(2)).reshape(b, 3 * t, -1)
-        hidden = self.final_ln(self.blocks(self.embed_ln(tokens))).view(b, t, 3, -1)
+        hidden = self.final_ln(self.blocks(self.embed_drop(self.embed_ln(tokens)))).view(b, t, 3, -1)
         prediction = self.head(hidden[:, :, 1])
         loss = ((prediction - act).pow(2) * valid.unsqueeze(-1)).sum() / (valid.sum() * act.shape[-1])
         self.opt.zero_grad()
@@ -646,7 +646,7 @@ def main() -> None:
                 trainer.update()
                 hand.update()
             ours, theirs, ratio = interleaved(trainer.update, hand.update, args.seconds, args.rounds)
-            print(f"| {name} | {threads} | {ours:.0f} updates/s | {theirs:.0f} updates/s | {ratio:.2f}x |",
+            print(f"| {name} | {threads} | {ours:.3g} updates/s | {theirs:.3g} updates/s | {ratio:.2f}x |",
                   flush=True)
             if name == "sac":
                 print(acting(trainer, hand, threads, args), flush=True)

@@ -34,6 +34,7 @@ from tensordict.nn import InteractionType, TensorDictModuleBase, interaction_typ
 from torch import nn
 
 from rltrain.modules.distributions import ScaledTanh, TanhNormal
+from rltrain.modules.dropout import FastDropout
 from rltrain.modules.specs import Bounded
 
 NestedKey = str | tuple[str, ...]
@@ -53,7 +54,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
         self.proj = nn.Linear(embed_dim, embed_dim)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = FastDropout(dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         batch, length, dim = x.shape
@@ -72,7 +73,7 @@ class TransformerBlock(nn.Module):
         self.attn = CausalSelfAttention(embed_dim, n_head, dropout)
         self.ln_mlp = nn.LayerNorm(embed_dim)
         self.mlp = nn.Sequential(nn.Linear(embed_dim, inner_dim), nn.GELU(), nn.Linear(inner_dim, embed_dim),
-                                 nn.Dropout(dropout))
+                                 FastDropout(dropout))
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attn(self.ln_attn(x), attn_mask)
@@ -112,7 +113,7 @@ class DecisionTransformer(nn.Module):
         self.embed_action = nn.Linear(action_dim, embed_dim)
         self.embed_timestep = nn.Embedding(max_ep_len, embed_dim)
         self.embed_ln = nn.LayerNorm(embed_dim)
-        self.embed_dropout = nn.Dropout(dropout)
+        self.embed_dropout = FastDropout(dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(embed_dim, n_head, inner_dim or 4 * embed_dim, dropout) for _ in range(n_layer))
         self.final_ln = nn.LayerNorm(embed_dim)
