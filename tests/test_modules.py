@@ -180,3 +180,22 @@ def test_bounded_spec_checks_bounds():
     with pytest.raises(ValueError, match="low <= high"):
         Bounded(torch.ones(2), torch.zeros(2))
     assert Bounded(-1.0, 1.0, (3,)).dim == 3
+
+
+def test_fast_dropout_keeps_1_minus_p_scales_and_masks_the_gradient():
+    from rltrain.modules.dropout import FastDropout
+
+    torch.manual_seed(0)
+    x = torch.ones(400, 500, requires_grad=True)
+    layer = FastDropout(0.25)
+    y = layer(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.005
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.75))
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)
+    assert not torch.equal(layer(x), y)  # a fresh mask per call
+    layer.eval()
+    assert torch.equal(layer(x), x)
+    with pytest.raises(ValueError, match="in \\[0, 1\\)"):
+        FastDropout(1.0)

@@ -122,14 +122,16 @@ class DecisionTransformer(nn.Module):
         self.register_buffer("diagonal", torch.eye(length, dtype=torch.bool), persistent=False)
         self.apply(_gpt_init)
 
-    def _attention_mask(self, pad_mask: torch.Tensor | None, steps: int) -> torch.Tensor | None:
-        """``[B, 1, 3T, 3T]``: causal, no padded key except the token itself; None = plain causal."""
+    def _attention_mask(self, pad_mask: torch.Tensor | None, steps: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """``[B, 1, 3T, 3T]`` additive (0 or -inf): causal, no padded key except the token itself;
+        None = plain causal. (An additive mask takes a faster attention kernel on CPU than a boolean one.)"""
         if pad_mask is None:
             return None
         length = TOKENS_PER_STEP * steps
         valid_keys = (~pad_mask.bool()).repeat_interleave(TOKENS_PER_STEP, dim=1)      # [B, 3T]
-        allowed = valid_keys[:, None, :] | self.diagonal[:length, :length]
-        return (allowed & self.causal[:length, :length]).unsqueeze(1)
+        allowed = (valid_keys[:, None, :] | self.diagonal[:length, :length]) & self.causal[:length, :length]
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+        return mask.unsqueeze(1)
 
     def forward(self, observation: torch.Tensor, action: torch.Tensor, return_to_go: torch.Tensor,
                 timestep: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -138,10 +140,10 @@ class DecisionTransformer(nn.Module):
             raise ValueError(f"context of {steps} steps is longer than the transformer's context_len "
                              f"{self.context_len}")
         time = self.embed_timestep(timestep.long().clamp(0, self.max_ep_len - 1))
-        tokens = torch.stack([self.embed_return(return_to_go) + time, self.embed_state(observation) + time,
-                              self.embed_action(action) + time], dim=2)                 # [B, T, 3, d]
+        tokens = torch.stack([self.embed_return(return_to_go), self.embed_state(observation),
+                              self.embed_action(action)], dim=2) + time.unsqueeze(2)   # [B, T, 3, d]
         x = self.embed_dropout(self.embed_ln(tokens.reshape(batch, TOKENS_PER_STEP * steps, self.embed_dim)))
-        attn_mask = self._attention_mask(pad_mask, steps)
+        attn_mask = self._attention_mask(pad_mask, steps, x.dtype)
         for block in self.blocks:
             x = block(x, attn_mask)
         x = self.final_ln(x)
