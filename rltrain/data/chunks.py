@@ -21,6 +21,7 @@ import torch
 from tensordict import TensorDict
 
 from rltrain.data.minari_data import DatasetError, OfflineData
+from rltrain.data.trajectory import ContextTooLongError, check_context_fits
 
 CHUNK_KEY = ("vla_action", "chunk")
 PAD_KEY = "action_is_pad"
@@ -38,8 +39,9 @@ class ChunkSampler:
         seed: seed of the sampler's own generator.
 
     Raises:
-        DatasetError (a ``ValueError``): discrete actions, ``chunk_size < 1``, or a chunk longer
-            than every episode of the dataset.
+        DatasetError (a ``ValueError``): no transitions, or discrete actions.
+        ContextTooLongError (a ``ValueError``): ``chunk_size < 1``, or a chunk longer than every
+            episode of the dataset.
     """
 
     def __init__(self, data: OfflineData, chunk_size: int, device: torch.device | str = "cpu", seed: int = 0):
@@ -64,12 +66,10 @@ class ChunkSampler:
         if data.actions.dim() != 2 or not data.actions.is_floating_point():
             raise DatasetError(f"action chunks need continuous (Box) actions; dataset {data.dataset_id!r} has "
                                f"actions of shape {tuple(data.actions.shape)} and dtype {data.actions.dtype}")
-        if chunk_size < 1:
-            raise DatasetError(f"chunk_size must be >= 1, got {chunk_size}")
-        longest = int(data.episode_lengths.max())
-        if chunk_size > longest:
-            raise DatasetError(f"chunk_size {chunk_size} is longer than every episode of dataset "
-                               f"{data.dataset_id!r} (the longest has {longest} steps); use a chunk_size <= {longest}")
+        try:
+            check_context_fits(data.episode_lengths, chunk_size, what="chunk size", option="algo.chunk_size")
+        except ContextTooLongError as err:
+            raise ContextTooLongError(f"dataset {data.dataset_id!r}: {err}") from None
 
     def __len__(self) -> int:
         return self._size
