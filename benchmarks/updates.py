@@ -519,20 +519,26 @@ def episodes_data(data: dict[str, torch.Tensor], episode: int):
         ref_min_score=None, ref_max_score=None, dataset_id="benchmark/episodes-v0")
 
 
-def dataset_trainer(overrides: list[str], data: dict[str, torch.Tensor], batch: int):
-    """rltrain's Trainer for a dataset-only objective: the objective and optimizer groups built from
-    the configs, the sampler its config asks for, over ``data`` as 1000-step episodes."""
+def benchmark_config(overrides: list[str], batch: int):
+    """The composed config for ``overrides`` on the CPU, with the benchmark's batch size."""
     from hydra import compose, initialize_config_module
 
     import rltrain.__main__  # noqa: F401  (registers the config resolvers)
+
+    with initialize_config_module("rltrain.configs", version_base="1.3"):
+        return compose("config", overrides=[*overrides, "device=cpu", "logger.progress=false",
+                                            f"trainer.batch_size={batch}"])
+
+
+def dataset_trainer(overrides: list[str], data: dict[str, torch.Tensor], batch: int):
+    """rltrain's Trainer for a dataset-only objective: the objective and optimizer groups built from
+    the configs, the sampler its config asks for, over ``data`` as 1000-step episodes."""
     from rltrain.build import build_agent, build_groups, dataset_sampler as sampler_for, trainer_config
     from rltrain.loggers import ConsoleProgress, CSVLogger, Loggers
     from rltrain.modules import Bounded
     from rltrain.trainer import Trainer
 
-    with initialize_config_module("rltrain.configs", version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, "dataset=minari", "dataset.id=benchmark/episodes-v0",
-                                           "device=cpu", "logger.progress=false", f"trainer.batch_size={batch}"])
+    cfg = benchmark_config([*overrides, "dataset=minari", "dataset.id=benchmark/episodes-v0"], batch)
     obs_dim, act_dim = data["obs"].shape[-1], data["act"].shape[-1]
     action_spec = Bounded(-torch.ones(act_dim), torch.ones(act_dim))
     agent = build_agent(cfg, Bounded(-torch.ones(obs_dim) * np.inf, torch.ones(obs_dim) * np.inf), action_spec)
@@ -565,16 +571,10 @@ def dataset_sampler(data: dict[str, torch.Tensor]):
 def rltrain_trainer(overrides: list[str], data: dict[str, torch.Tensor], batch: int, offline: bool = False):
     """A Trainer built from the configs with the benchmark's sizes; its replay buffer (or, ``offline``,
     its dataset sampler) holds ``data``."""
-    from hydra import compose, initialize_config_module
-
-    import rltrain.__main__  # noqa: F401  (registers the config resolvers)
     from rltrain.build import build_trainer
 
-    with initialize_config_module("rltrain.configs", version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, "device=cpu", "logger.progress=false",
-                                           f"trainer.batch_size={batch}", "trainer.buffer_size=100000",
-                                           f"network.actor.num_cells=[{HIDDEN},{HIDDEN}]",
-                                           f"network.critic.num_cells=[{HIDDEN},{HIDDEN}]"])
+    cfg = benchmark_config([*overrides, "trainer.buffer_size=100000", f"network.actor.num_cells=[{HIDDEN},{HIDDEN}]",
+                            f"network.critic.num_cells=[{HIDDEN},{HIDDEN}]"], batch)
     trainer = build_trainer(cfg, Path("/tmp/rltrain-benchmark"))
     if offline:
         trainer.buffer = dataset_sampler(data)

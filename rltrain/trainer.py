@@ -351,7 +351,8 @@ class Trainer:
         self._interval = {"time": now, "updates": self.updates, "env_steps": self.env_steps}
         if self._last_losses is not None:
             metrics.update({k: float(v.detach()) for k, v in self._last_losses.items() if v.numel() == 1})
-        episodes = self._episode_source().pop_finished_episodes() if self._episode_source() else []
+        source = self._episode_source()
+        episodes = source.pop_finished_episodes() if source is not None else []
         if episodes:
             metrics["episode_return"] = float(np.mean([r for r, _ in episodes]))
             metrics["episode_length"] = float(np.mean([n for _, n in episodes]))
