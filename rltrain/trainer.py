@@ -60,6 +60,7 @@ from rltrain.envs import derive_seed
 from rltrain.evaluate import evaluate
 from rltrain.loggers import Loggers
 from rltrain.objectives.common import LossModule
+from rltrain.optim import FusedAdamStep, clip_grad_norm_, zero_grads
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -108,6 +109,18 @@ class OptimizerGroup:
     grad_clip: float | None = None
     every: int = 1
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped with the optimizer
+    _optimizer_step: FusedAdamStep = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._optimizer_step = FusedAdamStep(self.optimizer)
+
+    def step(self) -> None:
+        """Clip the gradients (``grad_clip``), step the optimizer, then the learning-rate schedule."""
+        if self.grad_clip:
+            clip_grad_norm_(self.params, self.grad_clip)
+        self._optimizer_step()
+        if self.scheduler is not None:
+            self.scheduler.step()
 
 
 def _crossed(before: int, after: int, period: int) -> bool:
@@ -189,15 +202,11 @@ class Trainer:
         losses = self.objective(batch) if every_term else self.objective.forward_terms(batch, terms)
         total = sum(losses.get(k) for k in terms if k in losses.keys())
         for group in self.groups:
-            group.optimizer.zero_grad(set_to_none=True)
+            zero_grads(group.params)
         total.backward()
         self.updates = step
         for group in due:
-            if group.grad_clip:
-                nn.utils.clip_grad_norm_(group.params, group.grad_clip, foreach=True)
-            group.optimizer.step()
-            if group.scheduler is not None:
-                group.scheduler.step()
+            group.step()
         if self.updater is not None and self.updates % self.config.updater_every == 0:
             self.updater.step()
         self._last_losses = losses

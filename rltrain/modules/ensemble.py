@@ -8,7 +8,7 @@ weights into ``[K, in, out]`` tensors turns each layer into a single batched mat
 Two implementations share one interface, ``ensemble(*inputs) -> [K, *batch, out]``:
 
 * :class:`StackedMLP` for MLPs (Linear layers, optional LayerNorm, parameter-free activations):
-  explicit batched matmuls, the fast path.
+  explicit batched matmuls, the fast path (a one-output head is a multiply-and-sum).
 * :class:`VmapEnsemble` for any other module: ``torch.func.functional_call`` under ``torch.vmap``
   over the stacked parameters.
 
@@ -111,7 +111,13 @@ class StackedMLP(nn.Module):
 
     def _layers(self, x: torch.Tensor, read, affine) -> torch.Tensor:
         for i, (has_norm, act) in enumerate(zip(self.layer_norm, self.activations)):
-            x = affine(read(f"bias_{i}"), x, read(f"weight_{i}"))
+            weight = read(f"weight_{i}")
+            if weight.shape[-1] == 1 and affine is torch.baddbmm:
+                # A Q-value head: batched matrix-vector products take the slow path of CPU bmm (forward
+                # and both backward products ~6x a multiply-and-sum), so multiply and sum instead.
+                x = (x * weight.transpose(-1, -2)).sum(-1, keepdim=True) + read(f"bias_{i}")
+            else:
+                x = affine(read(f"bias_{i}"), x, weight)
             if has_norm:
                 x = F.layer_norm(x, x.shape[-1:]) * read(f"ln_weight_{i}") + read(f"ln_bias_{i}")
             if isinstance(act, nn.ReLU):
