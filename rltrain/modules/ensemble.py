@@ -114,7 +114,7 @@ class StackedMLP(nn.Module):
             weight = read(f"weight_{i}")
             if weight.shape[-1] == 1 and affine is torch.baddbmm:
                 # A Q-value head: batched matrix-vector products take the slow path of CPU bmm (forward
-                # and both backward products ~6x a multiply-and-sum), so multiply and sum instead.
+                # and both backward products ~6x a multiply-and-sum, in isolation), so multiply and sum.
                 x = (x * weight.transpose(-1, -2)).sum(-1, keepdim=True) + read(f"bias_{i}")
             else:
                 x = affine(read(f"bias_{i}"), x, weight)
