@@ -34,7 +34,7 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
 
-from rltrain.objectives.common import LossModule, NestedKey
+from rltrain.objectives.common import LossModule, NestedKey, loss_output
 
 DEFAULT_KL_WEIGHT = 10.0
 
@@ -130,8 +130,8 @@ class ACTLoss(LossModule):
         out = self.actor_network(inputs)
         recon = self._reduce(chunk_l1(out.get(keys.action_pred), chunk, pad))
         kl = self._reduce(gaussian_kl(out.get(keys.mu), out.get(keys.log_var)))
-        return TensorDict({
+        return loss_output({
             "loss_act": recon + self.kl_weight * kl,
             "loss_reconstruction": recon.detach(),
             "loss_kl": kl.detach(),
-        }, batch_size=[])
+        })

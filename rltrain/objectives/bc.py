@@ -38,7 +38,7 @@ from tensordict.nn import TensorDictModuleBase
 from torch import nn
 
 from rltrain.modules.actors import CategoricalActor, ProbabilisticActor, call_tensors
-from rltrain.objectives.common import LossModule, NestedKey, distance_loss
+from rltrain.objectives.common import LossModule, NestedKey, distance_loss, loss_output
 
 BC_LOSS_FUNCTIONS = ("l1", "l2", "mse", "smooth_l1", "cross_entropy")
 COLLECTOR_MASK_KEY = ("collector", "mask")
@@ -189,4 +189,4 @@ class BCLoss(LossModule):
         expert = batch.get(self._tensor_keys.action)
         obs = [batch.get(k) for k in self.obs_keys]
         loss = self._elementwise(obs, expert)
-        return TensorDict({"loss_bc": self._masked_reduce(loss, *self._masks(batch))}, batch_size=[])
+        return loss_output({"loss_bc": self._masked_reduce(loss, *self._masks(batch))})

@@ -31,7 +31,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
 from rltrain.modules.ensemble import frozen_copy
@@ -83,6 +83,12 @@ def distance_loss(x: torch.Tensor, y: torch.Tensor, loss_function: str) -> torch
     if loss_function == "smooth_l1":
         return F.smooth_l1_loss(x, y, reduction="none")
     raise ValueError(f"unknown loss_function {loss_function!r}; accepted: {LOSS_FUNCTIONS}")
+
+
+def loss_output(terms: dict) -> TensorDict:
+    """An objective's output: its loss terms and metrics in a TensorDict with batch size ``[]``
+    (built without the constructor's checks, which cost as much as a small layer on CPU)."""
+    return TensorDict._new_unsafe(terms, batch_size=torch.Size([]))
 
 
 def td0_target(reward: torch.Tensor, terminated: torch.Tensor, next_value: torch.Tensor,

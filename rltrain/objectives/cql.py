@@ -71,7 +71,7 @@ from torch import nn
 from rltrain.modules.actors import ProbabilisticActor, ValueOperator
 from rltrain.modules.qvalue import QValueActor
 from rltrain.modules.specs import Bounded, Categorical, OneHot
-from rltrain.objectives.common import NestedKey, TransitionKeys, critic_inputs, next_key, td0_target
+from rltrain.objectives.common import NestedKey, TransitionKeys, critic_inputs, loss_output, next_key, td0_target
 from rltrain.objectives.dqn import DQNLoss, _reward_and_terminated
 from rltrain.objectives.sac import SACLoss
 
@@ -324,7 +324,7 @@ class CQLLoss(SACLoss):
             out.update(self._critic_terms(batch, terms, dist, alpha))
         if actor_terms:
             out.update(self._actor_terms(batch, terms, dist, alpha))
-        return TensorDict(out, batch_size=[])
+        return loss_output(out)
 
     def _critic_terms(self, batch: TensorDictBase, terms: frozenset[str], dist, alpha) -> dict[str, torch.Tensor]:
         keys = self._tensor_keys
@@ -441,10 +441,10 @@ class DiscreteCQLLoss(DQNLoss):
         td_error = (pred.detach() - target).pow(2)
         batch.set(keys.priority, td_error)
         batch.set(keys.pred_val, values.detach())
-        return TensorDict({
+        return loss_output({
             "loss_qvalue": self._reduce(loss_qvalue),
             "loss_cql": self._reduce(loss_cql),
             "td_error": td_error.mean(0),
             "pred_value": pred.detach().mean(),
             "target_value": target.mean(),
-        }, batch_size=[])
+        })

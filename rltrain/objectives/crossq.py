@@ -47,7 +47,7 @@ from rltrain.modules.actors import ProbabilisticActor, ValueOperator
 from rltrain.modules.batchrenorm import StackedBRNMLP
 from rltrain.modules.ensemble import fresh_copies
 from rltrain.objectives.common import (
-    LossModule, NestedKey, TemperatureMixin, critic_inputs, next_key, resolve_target_entropy, td0_target,
+    LossModule, NestedKey, TemperatureMixin, critic_inputs, loss_output, next_key, resolve_target_entropy, td0_target,
 )
 
 
@@ -184,7 +184,7 @@ class CrossQLoss(TemperatureMixin, LossModule):
         out["log_prob"] = log_prob_detached
         out["td_error"] = td_error
         batch.set(keys.priority, td_error.unsqueeze(-1))
-        return TensorDict(out, batch_size=[])
+        return loss_output(out)
 
     def _qvalue_loss(self, batch, action, alpha, reward, terminated, discount):
         """Critic loss [B] and td_error [B] from the joint (current; next) forward in train mode."""

@@ -27,7 +27,7 @@ from torch import nn
 
 from rltrain.modules.actors import Actor, ValueOperator, call_tensors
 from rltrain.modules.ensemble import make_ensemble
-from rltrain.objectives.common import LossModule, NestedKey, TransitionKeys, next_key, td0_target
+from rltrain.objectives.common import LossModule, NestedKey, TransitionKeys, loss_output, next_key, td0_target
 
 
 class DDPGLoss(LossModule):
@@ -139,7 +139,7 @@ class DDPGLoss(LossModule):
         q_actor = self._q(self.value_network, state, self._act(self.actor_network, state), detach=True)
 
         batch.set(keys.priority, td_error.unsqueeze(-1))
-        return TensorDict({
+        return loss_output({
             "loss_actor": self._reduce(-q_actor, weight),
             "loss_value": self._reduce(loss_value, weight),
             "td_error": td_error,
@@ -147,4 +147,4 @@ class DDPGLoss(LossModule):
             "target_value": target,
             "pred_value_max": pred.max(),
             "target_value_max": target.max(),
-        }, batch_size=[])
+        })

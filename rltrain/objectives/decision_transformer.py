@@ -41,7 +41,9 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
-from rltrain.objectives.common import LossModule, NestedKey, TemperatureMixin, reduce_loss, resolve_target_entropy
+from rltrain.objectives.common import (
+    LossModule, NestedKey, TemperatureMixin, loss_output, reduce_loss, resolve_target_entropy,
+)
 
 
 def masked_reduce(loss: torch.Tensor, valid: torch.Tensor | None, reduction: str) -> torch.Tensor:
@@ -120,7 +122,7 @@ class DTLoss(_SequenceLoss):
     def forward(self, batch: TensorDictBase) -> TensorDict:
         target = self._target(batch)
         loss = self._distance(self._prediction(batch), target)
-        return TensorDict({"loss": masked_reduce(loss, self._valid_steps(batch), self.reduction)}, batch_size=[])
+        return loss_output({"loss": masked_reduce(loss, self._valid_steps(batch), self.reduction)})
 
 
 class OnlineDTLoss(TemperatureMixin, _SequenceLoss):
@@ -179,4 +181,4 @@ class OnlineDTLoss(TemperatureMixin, _SequenceLoss):
         if self._scalar_outputs_allowed():
             out["alpha"] = alpha
             out["entropy"] = masked_reduce(entropy.detach(), valid, "mean")
-        return TensorDict(out, batch_size=[])
+        return loss_output(out)

@@ -23,7 +23,7 @@ from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
 from rltrain.modules.diffusion import DiffusionActor
-from rltrain.objectives.common import LossModule, NestedKey
+from rltrain.objectives.common import LossModule, NestedKey, loss_output
 
 
 class DiffusionBCLoss(LossModule):
@@ -67,4 +67,4 @@ class DiffusionBCLoss(LossModule):
         t = torch.randint(ddpm.num_steps, clean.shape[:-1], device=clean.device)
         eps = torch.randn_like(clean)
         eps_hat = ddpm.predict_noise(ddpm.add_noise(clean, t, eps), obs, t)
-        return TensorDict({"loss_diffusion_bc": self._reduce((eps_hat - eps).pow(2))}, batch_size=[])
+        return loss_output({"loss_diffusion_bc": self._reduce((eps_hat - eps).pow(2))})

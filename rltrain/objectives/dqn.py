@@ -52,7 +52,7 @@ from rltrain.modules.qvalue import (
     resolve_action_space,
 )
 from rltrain.modules.specs import Categorical, OneHot
-from rltrain.objectives.common import LossModule, NestedKey, TransitionKeys, next_key, td0_target
+from rltrain.objectives.common import LossModule, NestedKey, TransitionKeys, loss_output, next_key, td0_target
 
 
 def _reward_and_terminated(batch: TensorDictBase, keys) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +173,7 @@ class DQNLoss(LossModule):
         pred = self._chosen_value(values, batch.get(keys.action))
         loss = self._distance(pred, target).squeeze(-1)
         batch.set(keys.priority, (pred.detach() - target).pow(2))
-        return TensorDict({"loss": self._reduce(loss, weight)}, batch_size=[])
+        return loss_output({"loss": self._reduce(loss, weight)})
 
 
 class DistributionalDQNLoss(LossModule):
@@ -292,4 +292,4 @@ class DistributionalDQNLoss(LossModule):
         log_probs = self.value_network.log_probs(*(batch.get(k) for k in self.obs_keys))
         loss = -(m * self._chosen_log_probs(log_probs, batch.get(keys.action))).sum(-1)
         batch.set(keys.priority, loss.detach().unsqueeze(-1))
-        return TensorDict({"loss": self._reduce(loss, weight)}, batch_size=[])
+        return loss_output({"loss": self._reduce(loss, weight)})

@@ -46,7 +46,7 @@ from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
 from rltrain.modules.actors import call_tensors
-from rltrain.objectives.common import LossModule, NestedKey
+from rltrain.objectives.common import LossModule, NestedKey, loss_output
 
 REWARD_EPS = 1e-8
 _LOG_REWARD_EPS = math.log(REWARD_EPS)
@@ -174,4 +174,4 @@ class GAILLoss(LossModule):
             gp = self.gradient_penalty(expert_obs, expert_action, collector_obs, collector_action, batch.batch_dims)
             loss = loss + gp
             out["gp_loss"] = gp.detach()
-        return TensorDict({"loss": self._reduce(loss), **out}, batch_size=[])
+        return loss_output({"loss": self._reduce(loss), **out})

@@ -48,7 +48,7 @@ from rltrain.modules.actors import CategoricalActor, ProbabilisticActor, ValueOp
 from rltrain.modules.ensemble import make_ensemble
 from rltrain.modules.qvalue import CATEGORICAL, resolve_action_space
 from rltrain.modules.specs import Categorical, OneHot
-from rltrain.objectives.common import LossModule, NestedKey, next_key, td0_target
+from rltrain.objectives.common import LossModule, NestedKey, loss_output, next_key, td0_target
 from rltrain.objectives.dqn import _categorical_index
 
 AWR_WEIGHT_MAX = 100.0
@@ -177,7 +177,7 @@ class _ImplicitQLearning(LossModule):
                     value = self._state_value(value_inputs)
             if "loss_actor" in terms:
                 out.update(self._actor_terms(batch, [state[k] for k in self.obs_keys], action, q_min - value))
-        return TensorDict(out, batch_size=[])
+        return loss_output(out)
 
     def _qvalue_loss(self, batch: TensorDictBase, critic_inputs: list[torch.Tensor],
                      action: torch.Tensor) -> torch.Tensor:

@@ -59,7 +59,7 @@ from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
 from rltrain.modules.actors import ValueOperator, call_tensors, default_log_prob_key
-from rltrain.objectives.common import LOSS_FUNCTIONS, LossModule, NestedKey, next_key
+from rltrain.objectives.common import LOSS_FUNCTIONS, LossModule, NestedKey, loss_output, next_key
 
 VALUE_ESTIMATORS = ("gae",)
 ADVANTAGE_STD_MIN = 1e-6
@@ -317,7 +317,7 @@ class PPOLoss(LossModule):
             out["loss_entropy"] = self._reduce(-self.entropy_coeff * entropy)
             out["entropy"] = entropy.detach().mean()
         out.update(self._critic_terms(batch))
-        return TensorDict(out, batch_size=[])
+        return loss_output(out)
 
     def _objective_terms(self, dist, batch: TensorDictBase, advantage: torch.Tensor) -> dict[str, torch.Tensor]:
         log_prob = action_log_prob(dist, batch.get(self._tensor_keys.action))

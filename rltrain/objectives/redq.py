@@ -43,7 +43,7 @@ from torch import nn
 from rltrain.modules.actors import ProbabilisticActor, ValueOperator, default_log_prob_key
 from rltrain.modules.ensemble import make_ensemble
 from rltrain.objectives.common import (
-    LossModule, NestedKey, TemperatureMixin, critic_inputs, next_key, resolve_target_entropy, td0_target,
+    LossModule, NestedKey, TemperatureMixin, critic_inputs, loss_output, next_key, resolve_target_entropy, td0_target,
 )
 
 
@@ -213,4 +213,4 @@ class REDQLoss(TemperatureMixin, LossModule):
             "target_value": target,
         })
         batch.set(keys.priority, priority.unsqueeze(-1))
-        return TensorDict(out, batch_size=[])
+        return loss_output(out)

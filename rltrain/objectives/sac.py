@@ -47,8 +47,7 @@ from torch import nn
 from rltrain.modules.actors import ProbabilisticActor, ValueOperator, call_tensors, default_log_prob_key
 from rltrain.modules.ensemble import make_ensemble
 from rltrain.objectives.common import (
-    LossModule, NestedKey, TemperatureMixin, TransitionKeys, critic_inputs, next_key, resolve_target_entropy,
-    td0_target,
+    LossModule, NestedKey, TemperatureMixin, TransitionKeys, critic_inputs, loss_output, next_key, resolve_target_entropy, td0_target,
 )
 
 
@@ -198,7 +197,7 @@ class SACLoss(TemperatureMixin, LossModule):
             out["alpha"] = alpha
             out["entropy"] = -log_prob.detach().mean()
         batch.set(keys.priority, priority.detach().unsqueeze(-1))
-        return TensorDict(out, batch_size=[])
+        return loss_output(out)
 
     def _qvalue_loss_v2(self, batch, alpha, reward, terminated, discount, weight):
         with torch.no_grad():

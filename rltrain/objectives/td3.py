@@ -40,7 +40,7 @@ from torch import nn
 from rltrain.modules.actors import Actor, ValueOperator, call_tensors
 from rltrain.modules.ensemble import make_ensemble
 from rltrain.modules.specs import Bounded
-from rltrain.objectives.common import LossModule, NestedKey, TransitionKeys, next_key, td0_target
+from rltrain.objectives.common import LossModule, NestedKey, TransitionKeys, loss_output, next_key, td0_target
 
 
 def action_bounds(action_spec: Bounded | None, bounds) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,4 +224,4 @@ class TD3Loss(LossModule):
             q_actor = q_actor.squeeze(-1)
             out["loss_actor"] = self._reduce(-q_actor[0], weight)
             out["state_action_value_actor"] = q_actor.detach()
-        return TensorDict(out, batch_size=[])
+        return loss_output(out)
