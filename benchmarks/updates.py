@@ -10,7 +10,9 @@ continuous tasks use HalfCheetah's sizes (obs 17, act 6), DQN uses CartPole's (o
 * ``sac``: SAC v2, 2 critics, learned alpha, tau 0.005.
 * ``td3``: TD3, 2 critics, target policy smoothing, actor and targets every 2nd update (the
   timed unit is one update; rates average over the delay cycle).
-* ``redq``: REDQ, 10 critics, a random pair for the target, actor on the mean of all critics.
+* ``redq``: REDQ, 10 critics, a random pair for the target, actor on the mean of all critics;
+  actor and temperature every 20th update, as in the authors' code (once per env step at their 20
+  updates per env step; rates average over the cycle).
 * ``dqn``: DQN, Huber loss, hard target copy every 1000 updates.
 * ``iql``: IQL (offline), 2 critics + V, expectile 0.7, temperature 3, cosine actor learning rate.
 * ``cql``: CQL (offline), CQL(H) with importance sampling, 10 actions per kind, weight 10, learned
@@ -190,9 +192,10 @@ class HandTD3(HandWritten):
 
 
 class HandREDQ(HandWritten):
-    """As in REDQ's reference code: a list of critics, Python loops over them."""
+    """As in REDQ's reference code: a list of critics, Python loops over them, and the actor and
+    temperature updated on every ``policy_delay``-th update (the authors' policy_update_delay)."""
 
-    def __init__(self, data, obs, act, batch, num_critics: int = 10):
+    def __init__(self, data, obs, act, batch, num_critics: int = 10, policy_delay: int = 20):
         super().__init__(data, batch)
         self.act_dim = act
         self.actor = TanhGaussianActor(obs, act)
@@ -203,6 +206,7 @@ class HandREDQ(HandWritten):
         self.q_opts = [torch.optim.Adam(q.parameters(), lr=3e-4) for q in self.critics]
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=3e-4)
         self.rng = random.Random(0)
+        self.policy_delay, self.updates = policy_delay, 0
 
     def update(self):
         obs, act, rew, next_obs, term = self.sample()
@@ -219,17 +223,19 @@ class HandREDQ(HandWritten):
         for opt in self.q_opts:
             opt.step()
 
-        pi, logp = self.actor(obs)
-        q_pi = torch.stack([q(obs, pi) for q in self.critics]).mean(0)
-        actor_loss = (alpha * logp - q_pi).mean()
-        self.actor_opt.zero_grad()
-        actor_loss.backward()
-        self.actor_opt.step()
+        self.updates += 1
+        if self.updates % self.policy_delay == 0:
+            pi, logp = self.actor(obs)
+            q_pi = torch.stack([q(obs, pi) for q in self.critics]).mean(0)
+            actor_loss = (alpha * logp - q_pi).mean()
+            self.actor_opt.zero_grad()
+            actor_loss.backward()
+            self.actor_opt.step()
 
-        alpha_loss = (-self.log_alpha * (logp.detach() - self.act_dim)).mean()
-        self.alpha_opt.zero_grad()
-        alpha_loss.backward()
-        self.alpha_opt.step()
+            alpha_loss = (-self.log_alpha * (logp.detach() - self.act_dim)).mean()
+            self.alpha_opt.zero_grad()
+            alpha_loss.backward()
+            self.alpha_opt.step()
         for q, q_target in zip(self.critics, self.targets):
             soft_update(q, q_target)
 

@@ -404,6 +404,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, kind: str | None, group: s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda update: min(1.0, (update + 1) / ramp))
 
 
+def _group_period(name: str, every) -> int:
+    """``algo.optim.<name>.every`` as a whole number of updates >= 1."""
+    if isinstance(every, bool) or not isinstance(every, int | float) or every < 1 or every != int(every):
+        raise ConfigError(f"algo.optim.{name}.every must be a whole number of updates >= 1 (the group steps once "
+                          f"every that many updates), got {every!r}; set algo.optim.{name}.every=1 to step it "
+                          "on every update")
+    return int(every)
+
+
 def build_groups(objective: LossModule, cfg: DictConfig) -> list[OptimizerGroup]:
     """One Adam per parameter group of ``objective`` from ``cfg.algo.optim``."""
     optim_cfg = cfg.algo.optim
@@ -417,10 +426,11 @@ def build_groups(objective: LossModule, cfg: DictConfig) -> list[OptimizerGroup]
         kind = group_cfg.get("optimizer", "adam")
         if kind not in OPTIMIZERS:
             raise ConfigError(f"unknown algo.optim.{name}.optimizer {kind!r}; accepted: {sorted(OPTIMIZERS)}")
+        every = _group_period(name, group_cfg.every)
         optimizer = make_adam(params, group_cfg.lr, group_cfg.betas, group_cfg.eps, group_cfg.weight_decay, kind)
-        steps = planned_updates(cfg) // group_cfg.every
+        steps = planned_updates(cfg) // every
         scheduler = build_scheduler(optimizer, group_cfg.get("schedule"), name, steps, group_cfg.get("warmup_steps", 0))
-        groups.append(OptimizerGroup(name, optimizer, params, group_cfg.grad_clip, group_cfg.every, scheduler))
+        groups.append(OptimizerGroup(name, optimizer, params, group_cfg.grad_clip, every, scheduler))
     return groups
 
 

@@ -90,6 +90,8 @@ def test_experiment_presets_build(experiment, tmp_path):
     (["algo=dt"], "learns from a dataset"),
     (["algo=gail"], "imitates demonstrations"),
     (["algo=ppo", "env=cartpole", "algo.steps_per_env=8", "trainer.batch_size=64"], "minibatch_size 64 exceeds"),
+    (["algo=redq", "trainer.updates_per_step=0.5"], "algo.optim.actor.every must be a whole number"),
+    (["algo=td3", "algo.optim.actor.every=0"], "algo.optim.actor.every must be a whole number"),
 ])
 def test_mismatched_or_invalid_algorithm_settings_fail_clearly(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -121,6 +123,16 @@ def test_logger_configs_compose(logger):
 def test_sac_v1_config_builds(tmp_path):
     trainer = build(tmp_path, "algo.value_network=true")
     assert [g.name for g in trainer.groups] == ["actor", "qvalue", "alpha", "value"]
+
+
+def test_redq_steps_actor_and_temperature_once_per_env_step(tmp_path):
+    trainer = build(tmp_path, "algo=redq", "trainer.updates_per_step=4", "trainer.batch_size=3")
+    assert {g.name: g.every for g in trainer.groups} == {"actor": 4, "qvalue": 1, "alpha": 4}
+    trainer.update()
+    assert set(trainer._last_losses.keys()) >= {"loss_qvalue"} and "loss_actor" not in trainer._last_losses.keys()
+    for _ in range(3):
+        trainer.update()
+    assert {"loss_actor", "loss_alpha"} <= set(trainer._last_losses.keys())
 
 
 def test_groups_step_only_when_due(tmp_path):

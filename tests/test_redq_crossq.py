@@ -250,7 +250,7 @@ def test_redq_losses_match_the_spec_formulas():
 
     torch.manual_seed(7)
     subset = torch.randperm(4)[:2].sort().values
-    noise, noise_next = torch.randn(B, ACT), torch.randn(B, ACT)
+    noise_next, noise = torch.randn(B, ACT), torch.randn(B, ACT)
     net, alpha, gamma = actor.module.module, 0.5, 0.9
     obs, act, next_obs, reward, not_term = unpack_transition(batch)
 
@@ -280,6 +280,31 @@ def test_redq_losses_match_the_spec_formulas():
     torch.testing.assert_close(written["td_error"], (pred - y).pow(2).max(0).values.unsqueeze(-1), **tol)
     # the min runs over the subset only: over all four critics the target would differ
     assert not torch.allclose(next_q.min(0).values - alpha * next_log_prob, next_value)
+
+
+def test_redq_critic_only_terms_skip_the_policy_pass_and_match_the_full_forward():
+    loss = redq(num_qvalue_nets=5)
+    calls = []
+    loss.qvalue_network.register_forward_hook(lambda module, args, kwargs, output: calls.append(kwargs),
+                                              with_kwargs=True)
+    batch = make_batch(B, OBS, ACT)
+    torch.manual_seed(3)
+    full = loss(batch.clone())
+    assert len(calls) == 2  # critic loss, actor loss
+    calls.clear()
+    torch.manual_seed(3)
+    critic_only = loss.forward_terms(batch.clone(), frozenset({"loss_qvalue"}))
+    assert len(calls) == 1 and not calls[0].get("detach", False)
+    assert "loss_actor" not in critic_only.keys() and "loss_alpha" not in critic_only.keys()
+    for key in ("loss_qvalue", "target_value", "next.state_value"):
+        torch.testing.assert_close(critic_only[key], full[key], rtol=0, atol=0)
+    torch.manual_seed(3)
+    alpha_only = loss.forward_terms(batch.clone(), frozenset({"loss_qvalue", "loss_alpha"}))
+    torch.testing.assert_close(alpha_only["loss_alpha"], full["loss_alpha"], rtol=0, atol=0)
+    assert "loss_actor" not in alpha_only.keys()
+    alpha_only["loss_qvalue"].backward()
+    assert all(p.grad is None for p in loss.actor_network.parameters())
+    assert all(p.grad is not None for p in loss.qvalue_network.parameters())
 
 
 def test_redq_draws_a_fresh_subset_each_call_and_evaluates_only_it():

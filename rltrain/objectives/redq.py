@@ -6,8 +6,11 @@ Notation: policy :math:`\pi_\theta`, critics :math:`Q_{\phi_k}` (k = 1..K, stack
 through a clamp, ``alpha = exp(clamp(log_alpha, log min_alpha, log max_alpha))``, without gradient.
 
 Each forward draws a fresh subset ``M`` of ``sub_sample_len`` critics (a sorted random permutation
-prefix) and samples, jointly with their log-probabilities, ``a~ ~ pi_theta(.|s)`` (with gradient)
-and ``a' ~ pi_theta(.|s')`` (without).
+prefix) and samples, jointly with their log-probabilities, ``a' ~ pi_theta(.|s')`` (without
+gradient) and then ``a~ ~ pi_theta(.|s)`` (with gradient; only when the actor or temperature term is
+computed). As in the authors' code (``policy_update_delay=20`` with 20 updates per env step), the
+configs step the actor and the temperature once per env step, after that step's critic updates;
+:meth:`REDQLoss.forward_terms` skips their work on the other updates.
 
 **Critic**: only the subset's target critics are evaluated::
 
@@ -170,6 +173,12 @@ class REDQLoss(TemperatureMixin, LossModule):
 
     # ---- loss terms -----------------------------------------------------------------------------
     def forward(self, batch: TensorDictBase) -> TensorDict:
+        return self.forward_terms(batch, frozenset(self.loss_groups))
+
+    def forward_terms(self, batch: TensorDictBase, terms: frozenset[str]) -> TensorDict:
+        """The critic term always; the actor and temperature terms (and their metrics) only if asked
+        for. REDQ's authors step the actor and the temperature once per 20 critic updates; between
+        those, the Trainer asks for ``loss_qvalue`` alone and the ten-critic actor pass is skipped."""
         keys = self._tensor_keys
         log_alpha = self._clamped_log_alpha()
         alpha = log_alpha.detach().exp()
@@ -178,7 +187,6 @@ class REDQLoss(TemperatureMixin, LossModule):
         reward, terminated, discount = self._transition(batch)
 
         subset = self._sample_subset(action.device)
-        new_action, log_prob = self.actor_network.distribution(*obs).rsample_and_log_prob()
         with torch.no_grad():
             next_obs = [batch.get(next_key(k)) for k in self.obs_keys]
             next_action, next_log_prob = self.actor_network.distribution(*next_obs).rsample_and_log_prob()
@@ -187,30 +195,30 @@ class REDQLoss(TemperatureMixin, LossModule):
             next_value = next_q.min(0).values - alpha * next_log_prob
             target = td0_target(reward, terminated, next_value, discount)
 
-        q_actor = self.qvalue_network(*self._qvalue_inputs(batch, new_action, next_state=False),
-                                      detach=True).squeeze(-1)
-        loss_actor = (alpha * log_prob - q_actor).mean(0)
-
         pred = self.qvalue_network(*self._qvalue_inputs(batch, action, next_state=False)).squeeze(-1)
         loss_qvalue = self._distance(pred, target.expand_as(pred)).mean(0)
         priority = (pred.detach() - target).pow(2).max(0).values
+        out: dict[str, torch.Tensor] = {"loss_qvalue": self._reduce(loss_qvalue)}
+        if "loss_actor" in terms or "loss_alpha" in terms:
+            out.update(self._policy_terms(batch, obs, alpha, log_alpha, next_log_prob, terms))
+        out.update({"next.state_value": next_value, "target_value": target})
+        batch.set(keys.priority, priority.unsqueeze(-1))
+        return loss_output(out)
 
+    def _policy_terms(self, batch, obs, alpha, log_alpha, next_log_prob, terms) -> dict[str, torch.Tensor]:
+        """``loss_actor`` (all K critics, averaged) and ``loss_alpha``, from one action sample at s."""
+        new_action, log_prob = self.actor_network.distribution(*obs).rsample_and_log_prob()
+        out: dict[str, torch.Tensor] = {}
+        if "loss_actor" in terms:
+            q_actor = self.qvalue_network(*self._qvalue_inputs(batch, new_action, next_state=False),
+                                          detach=True).squeeze(-1)
+            out["loss_actor"] = self._reduce((alpha * log_prob - q_actor).mean(0))
+            out["state_action_value_actor"] = q_actor.detach()
         log_prob_all = torch.stack([log_prob.detach(), next_log_prob])
-        loss_alpha = (-log_alpha.exp() * (log_prob_all + self.target_entropy)).mean(0)
-
-        out: dict[str, torch.Tensor] = {
-            "loss_actor": self._reduce(loss_actor),
-            "loss_qvalue": self._reduce(loss_qvalue),
-            "loss_alpha": self._reduce(loss_alpha),
-        }
+        if "loss_alpha" in terms:
+            out["loss_alpha"] = self._reduce((-log_alpha.exp() * (log_prob_all + self.target_entropy)).mean(0))
         if self._scalar_outputs_allowed():
             out["alpha"] = alpha
             out["entropy"] = -log_prob_all.mean()
-        out.update({
-            "state_action_value_actor": q_actor.detach(),
-            "action_log_prob_actor": log_prob.detach(),
-            "next.state_value": next_value,
-            "target_value": target,
-        })
-        batch.set(keys.priority, priority.unsqueeze(-1))
-        return loss_output(out)
+        out["action_log_prob_actor"] = log_prob.detach()
+        return out
