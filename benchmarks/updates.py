@@ -112,17 +112,37 @@ class HandWritten:
                 self.data["term"][idx])
 
 
-class HandSAC(HandWritten):
+class HandSoftActor(HandWritten):
+    """The tanh-Gaussian actor and learned temperature SAC-style loops share, and their step."""
+
     def __init__(self, data, obs, act, batch):
         super().__init__(data, batch)
         self.act_dim = act
         self.actor = TanhGaussianActor(obs, act)
-        self.q1, self.q2 = Q(obs, act), Q(obs, act)
-        self.q1_target, self.q2_target = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
         self.log_alpha = torch.zeros(1, requires_grad=True)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
-        self.q_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=3e-4)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=3e-4)
+
+    def actor_and_alpha_step(self, obs, alpha, critic_value) -> None:
+        """One actor step on ``alpha log pi - critic_value(s, pi)``, then one temperature step."""
+        pi, logp = self.actor(obs)
+        actor_loss = (alpha * logp - critic_value(obs, pi)).mean()
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        self.actor_opt.step()
+
+        alpha_loss = (-self.log_alpha * (logp.detach() - self.act_dim)).mean()
+        self.alpha_opt.zero_grad()
+        alpha_loss.backward()
+        self.alpha_opt.step()
+
+
+class HandSAC(HandSoftActor):
+    def __init__(self, data, obs, act, batch):
+        super().__init__(data, obs, act, batch)
+        self.q1, self.q2 = Q(obs, act), Q(obs, act)
+        self.q1_target, self.q2_target = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
+        self.q_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=3e-4)
 
     def update(self):
         obs, act, rew, next_obs, term = self.sample()
@@ -136,16 +156,7 @@ class HandSAC(HandWritten):
         q_loss.backward()
         self.q_opt.step()
 
-        pi, logp = self.actor(obs)
-        actor_loss = (alpha * logp - torch.min(self.q1(obs, pi), self.q2(obs, pi))).mean()
-        self.actor_opt.zero_grad()
-        actor_loss.backward()
-        self.actor_opt.step()
-
-        alpha_loss = (-self.log_alpha * (logp.detach() - self.act_dim)).mean()
-        self.alpha_opt.zero_grad()
-        alpha_loss.backward()
-        self.alpha_opt.step()
+        self.actor_and_alpha_step(obs, alpha, lambda o, a: torch.min(self.q1(o, a), self.q2(o, a)))
         soft_update(self.q1, self.q1_target)
         soft_update(self.q2, self.q2_target)
 
@@ -191,20 +202,15 @@ class HandTD3(HandWritten):
         return -self.q1(obs, self.actor(obs)).mean()
 
 
-class HandREDQ(HandWritten):
+class HandREDQ(HandSoftActor):
     """As in REDQ's reference code: a list of critics, Python loops over them, and the actor and
     temperature updated on every ``policy_delay``-th update (the authors' policy_update_delay)."""
 
     def __init__(self, data, obs, act, batch, num_critics: int = 10, policy_delay: int = 20):
-        super().__init__(data, batch)
-        self.act_dim = act
-        self.actor = TanhGaussianActor(obs, act)
+        super().__init__(data, obs, act, batch)
         self.critics = nn.ModuleList([Q(obs, act) for _ in range(num_critics)])
         self.targets = copy.deepcopy(self.critics)
-        self.log_alpha = torch.zeros(1, requires_grad=True)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
         self.q_opts = [torch.optim.Adam(q.parameters(), lr=3e-4) for q in self.critics]
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=3e-4)
         self.rng = random.Random(0)
         self.policy_delay, self.updates = policy_delay, 0
 
@@ -225,17 +231,7 @@ class HandREDQ(HandWritten):
 
         self.updates += 1
         if self.updates % self.policy_delay == 0:
-            pi, logp = self.actor(obs)
-            q_pi = torch.stack([q(obs, pi) for q in self.critics]).mean(0)
-            actor_loss = (alpha * logp - q_pi).mean()
-            self.actor_opt.zero_grad()
-            actor_loss.backward()
-            self.actor_opt.step()
-
-            alpha_loss = (-self.log_alpha * (logp.detach() - self.act_dim)).mean()
-            self.alpha_opt.zero_grad()
-            alpha_loss.backward()
-            self.alpha_opt.step()
+            self.actor_and_alpha_step(obs, alpha, lambda o, a: torch.stack([q(o, a) for q in self.critics]).mean(0))
         for q, q_target in zip(self.critics, self.targets):
             soft_update(q, q_target)
 

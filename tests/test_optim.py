@@ -23,6 +23,14 @@ def _backward(net: nn.Module, step: int) -> None:
     net(x).pow(2).mean().backward()
 
 
+def _twins(cls=torch.optim.Adam, **kwargs):
+    """Two identical nets with a fused optimizer each; the first is stepped through FusedAdamStep."""
+    ours, reference = _net(), _net()
+    opt_ours = cls(ours.parameters(), lr=1e-2, fused=True, **kwargs)
+    opt_ref = cls(reference.parameters(), lr=1e-2, fused=True, **kwargs)
+    return ours, reference, opt_ours, opt_ref, FusedAdamStep(opt_ours)
+
+
 def _same_parameters(a: nn.Module, b: nn.Module) -> bool:
     return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
@@ -30,12 +38,9 @@ def _same_parameters(a: nn.Module, b: nn.Module) -> bool:
 @pytest.mark.parametrize("cls,weight_decay", [(torch.optim.Adam, 0.0), (torch.optim.Adam, 0.1),
                                               (torch.optim.AdamW, 0.01)])
 def test_fused_step_is_bitwise_torch_step_with_a_schedule(cls, weight_decay):
-    ours, reference = _net(), _net()
-    opt_ours = cls(ours.parameters(), lr=1e-2, weight_decay=weight_decay, fused=True)
-    opt_ref = cls(reference.parameters(), lr=1e-2, weight_decay=weight_decay, fused=True)
+    ours, reference, opt_ours, opt_ref, step = _twins(cls, weight_decay=weight_decay)
     sched_ours = torch.optim.lr_scheduler.LinearLR(opt_ours, 1.0, 0.1, total_iters=10)
     sched_ref = torch.optim.lr_scheduler.LinearLR(opt_ref, 1.0, 0.1, total_iters=10)
-    step = FusedAdamStep(opt_ours)
     for i in range(12):
         _backward(ours, i)
         _backward(reference, i)
@@ -52,10 +57,7 @@ def test_fused_step_is_bitwise_torch_step_with_a_schedule(cls, weight_decay):
 
 
 def test_fused_step_follows_load_state_dict():
-    ours, reference = _net(), _net()
-    opt_ours = torch.optim.Adam(ours.parameters(), lr=1e-2, fused=True)
-    opt_ref = torch.optim.Adam(reference.parameters(), lr=1e-2, fused=True)
-    step = FusedAdamStep(opt_ours)
+    ours, reference, opt_ours, opt_ref, step = _twins()
     for i in range(3):
         _backward(ours, i)
         step()
@@ -78,10 +80,7 @@ def test_fused_step_follows_load_state_dict():
 
 
 def test_fused_step_skips_parameters_without_gradient_like_torch():
-    ours, reference = _net(), _net()
-    opt_ours = torch.optim.Adam(ours.parameters(), lr=1e-2, fused=True)
-    opt_ref = torch.optim.Adam(reference.parameters(), lr=1e-2, fused=True)
-    step = FusedAdamStep(opt_ours)
+    ours, reference, opt_ours, opt_ref, step = _twins()
     for i in range(4):
         _backward(ours, i)
         _backward(reference, i)

@@ -47,7 +47,8 @@ from torch import nn
 from rltrain.modules.actors import ProbabilisticActor, ValueOperator, call_tensors, default_log_prob_key
 from rltrain.modules.ensemble import make_ensemble
 from rltrain.objectives.common import (
-    LossModule, NestedKey, TemperatureMixin, TransitionKeys, critic_inputs, loss_output, next_key, resolve_target_entropy, td0_target,
+    LossModule, NestedKey, TemperatureMixin, TransitionKeys, critic_inputs, loss_output, next_key,
+    resolve_target_entropy, td0_target,
 )
 
 
