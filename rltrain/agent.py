@@ -74,8 +74,10 @@ def checkpoint_file(run_dir: Path, which: str | int) -> Path:
         return path
     steps = _snapshot_steps(run_dir)
     available = f"policy snapshots at steps {steps}" if steps else "no policy snapshots"
-    raise ConfigError(f"checkpoint={which}: {run_dir} has no {path.relative_to(run_dir)} ({available}; "
-                      f"accepted: {CHECKPOINT_CHOICES}). Snapshots are kept by runs with trainer.policy_snapshots=true.")
+    kept_by = ("the Trainer writes it at each new best evaluation" if which == "best"
+               else "runs with trainer.policy_snapshots=true keep one per evaluation")
+    raise ConfigError(f"checkpoint={which}: {run_dir} has no {path.relative_to(run_dir)} ({kept_by}; this run has "
+                      f"{available}). Accepted: {CHECKPOINT_CHOICES}.")
 
 
 def _parse_checkpoint(which: str | int) -> str | int:
