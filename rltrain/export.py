@@ -66,6 +66,7 @@ def export_policy(agent: Agent, path: str | Path, fmt: str = "torchscript") -> P
         if fmt == "torchscript":
             with warnings.catch_warnings():  # the action bounds, constants of the trace as they should be
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 prefers torch.export
                 torch.jit.save(torch.jit.trace(module, example, check_trace=False), str(path))
         else:
             _export_onnx(module, example, path)

@@ -14,6 +14,7 @@ import rltrain
 from rltrain.build import counts_updates
 from rltrain.envs import derive_seed
 from rltrain.errors import ConfigError
+from rltrain.export import export_policy
 
 TINY = ["torch_threads=1", "logger.progress=false", "network.actor.num_cells=[32,32]",
         "network.critic.num_cells=[32,32]", "trainer.eval_episodes=3"]
@@ -100,6 +101,13 @@ def test_decision_transformer_needs_rewards_and_resets(trained):
     agent.record(-1.0)
     agent.reset()
     np.testing.assert_array_equal(agent.act(obs), first)  # a new episode starts from the same context
+
+
+def test_policies_with_memory_are_not_exported(trained, tmp_path):
+    agent = rltrain.load_agent(trained("dt-sequence")["run_dir"])
+    with pytest.raises(ConfigError, match="keeps a memory across steps. Act with rltrain.load_agent"):
+        export_policy(agent, tmp_path / "policy.pt")
+    assert not (tmp_path / "policy.pt").exists()
 
 
 def test_act_temporal_ensemble_resets(trained):
