@@ -6,9 +6,9 @@ integer is that many; ``null`` is torch's own default (every core).
 Why not every core: torch's intra-op threads wait for each other at the end of every kernel, so a
 thread that loses its core to another process stalls the whole update. rltrain's small networks
 (MLPs of 64 to 256 units, batches of 256) gain little from more threads and lose a lot under
-contention; benchmarks/threads.py measured SAC updates on a 2-core machine (README, "CPU
-threads"): one thread 29 updates/s (256x256) and 107/s (64x64); both cores 4/s and 3/s, and with
-one more process spinning a core 1.4/s and 0.7/s, against one thread's 14/s and 45/s.
+contention; benchmarks/threads.py measured SAC updates on a 2-core machine shared with other jobs
+(README, "CPU threads"): one thread 29 updates/s (256x256) and 107/s (64x64), both cores 4/s and
+3/s; with one more process spinning a core, one thread 14/s and 45/s, both cores 1.4/s and 0.7/s.
 
 A warning names the risk when the threads asked for exceed the cores left free by the machine's
 recent load (its 1-minute load average).
