@@ -4,6 +4,7 @@ recording the Trainer calls."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 import torch
 
 import rltrain
-from rltrain import enjoy, export
+from rltrain import enjoy, export, video
+from rltrain.errors import ConfigError
 from rltrain.export import export_policy
 from rltrain.video import record_episode
 from tests.helpers import run_module
@@ -100,3 +102,19 @@ def test_export_rejects_an_unknown_format(runs, capsys):
         export.main([f"run={runs['sac']}", "format=tflite"])
     assert exit_info.value.code == 2
     assert "format='tflite': accepted values are torchscript, onnx" in capsys.readouterr().err
+
+
+def test_mujoco_renders_headless_or_names_the_debian_packages(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUJOCO_GL", "unset")  # recorded, so the backend chosen below is undone after the test
+    monkeypatch.delenv("MUJOCO_GL")
+    with monkeypatch.context() as patch:
+        patch.setattr(video, "_backend_works", lambda backend: False)  # a machine without EGL or OSMesa
+        with pytest.raises(ConfigError, match=r"apt-get install libegl1 .*apt-get install libosmesa6"):
+            video.setup_headless_rendering("Hopper-v5")
+        video.setup_headless_rendering("CartPole-v1")  # classic control needs no GL
+    if not any(video._backend_works(backend) for backend in video.GL_BACKENDS):
+        pytest.skip("this machine has no headless GL backend")
+    result = record_episode("Hopper-v5", lambda obs: torch.zeros(obs.shape[0], 3), tmp_path / "hopper.mp4", seed=0,
+                            max_episode_steps=10)
+    assert os.environ["MUJOCO_GL"] in video.GL_BACKENDS
+    assert result["frames"] == result["length"] + 1 == mp4_frames(tmp_path / "hopper.mp4")
