@@ -101,7 +101,7 @@ def read_run_config(run_dir: str | Path) -> tuple[Path, DictConfig]:
 # ---- what the policy acts in --------------------------------------------------------------------
 
 @dataclass
-class Task:
+class EvalTask:
     """The env a run was evaluated in, and what its results are measured against."""
 
     env: str | EnvSpec
@@ -128,7 +128,7 @@ class Task:
         return 100.0 * (episode_return - ref_min) / (ref_max - ref_min)
 
 
-def run_task(cfg: DictConfig, env_id: str | None = None) -> Task:
+def run_task(cfg: DictConfig, env_id: str | None = None) -> EvalTask:
     """The run's evaluation env (``env_id`` replaces it) with its score references and, for a
     Decision Transformer, target returns: an offline run's come from its dataset, loaded as training
     loaded it."""
@@ -137,7 +137,7 @@ def run_task(cfg: DictConfig, env_id: str | None = None) -> Task:
     max_steps = cfg.env.max_episode_steps
     if cfg.dataset is None:
         kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True) or {}
-        return Task(env_id or cfg.env.id, max_steps, kwargs)
+        return EvalTask(env_id or cfg.env.id, max_steps, kwargs)
     data = build.load_offline_data(cfg.dataset)
     refs = build.score_refs(cfg, data)
     targets = None
@@ -146,7 +146,7 @@ def run_task(cfg: DictConfig, env_id: str | None = None) -> Task:
     env = env_id or cfg.dataset.eval_env or data.eval_env_spec or data.env_spec
     if env is None:
         raise ConfigError(f"dataset {data.dataset_id!r} records no environment to act in; pass env.id=<gymnasium id>")
-    return Task(env, max_steps, score_refs=refs, dt_targets=targets)
+    return EvalTask(env, max_steps, score_refs=refs, dt_targets=targets)
 
 
 # ---- the agent ----------------------------------------------------------------------------------
@@ -157,13 +157,13 @@ class Agent:
     Attributes:
         config: the run's resolved config (``config.yaml``).
         observation_space, action_space: the gymnasium spaces of the env it acts in.
-        task: that env (:class:`Task`), its score references and DT target returns.
+        task: that env (:class:`EvalTask`), its score references and DT target returns.
         checkpoint: the file the weights came from.
         step: the training step of those weights (env steps online, updates offline).
         eval_result: the evaluation recorded with them (``None`` if the file holds none).
     """
 
-    def __init__(self, *, config: DictConfig, policies: dict[bool, object], task: Task,
+    def __init__(self, *, config: DictConfig, policies: dict[bool, object], task: EvalTask,
                  observation_space: gym.Space, action_space: gym.Space, checkpoint: Path, step: int,
                  eval_result: dict | None, modules: torch.nn.Module):
         self.config = config
@@ -243,13 +243,21 @@ class Agent:
                 f"step={self.step})")
 
 
-def _training_step(cfg: DictConfig, state: dict) -> int:
-    from rltrain.build import counts_updates
+def _counts_updates(cfg: DictConfig) -> bool:
+    """Whether the run's clock is gradient updates (learning from a dataset alone) or env steps."""
+    return cfg.dataset is not None and not cfg.algo.get("on_policy") and not cfg.algo.get("imitation")
 
-    key = "update" if counts_updates(cfg) else "env_step"
-    if "counters" in state:  # last.pt
-        return int(state["counters"]["updates" if key == "update" else "env_steps"])
-    return int(state["eval"][key]) if state.get("eval") else -1
+
+def _training_step(cfg: DictConfig, state: dict) -> int:
+    """The clock position of the checkpoint's weights (the step the run's evaluation seeds derive from)."""
+    counters, result = state.get("counters"), state.get("eval")
+    if counters is not None and "position" in counters:
+        return int(counters["position"])
+    if result is not None and "step" in result:
+        return int(result["step"])
+    if counters is not None:  # last.pt
+        return int(counters["updates" if _counts_updates(cfg) else "env_steps"])
+    return int(result["update" if _counts_updates(cfg) else "env_step"]) if result else -1
 
 
 def _normalizer(state: dict, obs_dim: int):
@@ -262,7 +270,7 @@ def _normalizer(state: dict, obs_dim: int):
     return normalizer
 
 
-def _policies(cfg: DictConfig, state: dict, task: Task, obs_spec, action_spec):
+def _policies(cfg: DictConfig, state: dict, task: EvalTask, obs_spec, action_spec):
     """The objective with the checkpoint's weights, and its policies (deterministic -> policy)."""
     from rltrain import build
 
