@@ -47,7 +47,8 @@ from rltrain.modules.actors import ProbabilisticActor, ValueOperator
 from rltrain.modules.batchrenorm import StackedBRNMLP
 from rltrain.modules.ensemble import fresh_copies
 from rltrain.objectives.common import (
-    LossModule, NestedKey, TemperatureMixin, critic_inputs, loss_output, next_key, resolve_target_entropy, td0_target,
+    BOOTSTRAP_ESTIMATORS,
+    LossModule, NestedKey, TemperatureMixin, critic_inputs, loss_output, next_key, resolve_target_entropy,
 )
 
 
@@ -83,6 +84,8 @@ class CrossQLoss(TemperatureMixin, LossModule):
             not ``vmap``.
         scalar_output_mode: with ``reduction="none"``: ``None`` (warn) or ``"exclude"``.
     """
+
+    supported_value_estimators = BOOTSTRAP_ESTIMATORS
 
     @dataclasses.dataclass
     class _AcceptedKeys:
@@ -198,7 +201,7 @@ class CrossQLoss(TemperatureMixin, LossModule):
         pred, next_q = q.split(action.shape[0], dim=1)
         with torch.no_grad():
             next_value = next_q.min(0).values - alpha * next_log_prob
-            target = td0_target(reward, terminated, next_value, discount)
+            target = self._value_target(batch, reward, terminated, next_value, discount)
         loss = self._distance(pred, target.expand_as(pred)).sum(0)
         td_error = (pred.detach() - target).abs().max(0).values
         return loss, td_error

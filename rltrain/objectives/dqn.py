@@ -52,7 +52,7 @@ from rltrain.modules.qvalue import (
     resolve_action_space,
 )
 from rltrain.modules.specs import Categorical, OneHot
-from rltrain.objectives.common import LossModule, NestedKey, TransitionKeys, loss_output, next_key, td0_target
+from rltrain.objectives.common import BOOTSTRAP_ESTIMATORS, LossModule, NestedKey, TransitionKeys, loss_output, next_key
 
 
 def _reward_and_terminated(batch: TensorDictBase, keys) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,6 +97,8 @@ class DQNLoss(LossModule):
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
         use_prioritized_weights: ``"auto"`` (use ``priority_weight`` if present), True or False.
     """
+
+    supported_value_estimators = BOOTSTRAP_ESTIMATORS
 
     @dataclasses.dataclass
     class _AcceptedKeys(TransitionKeys):
@@ -167,7 +169,7 @@ class DQNLoss(LossModule):
         weight = self._priority_weight(batch)
         reward, terminated = _reward_and_terminated(batch, keys)
         next_value = self._next_value([batch.get(next_key(k)) for k in self.obs_keys])
-        target = td0_target(reward, terminated, next_value, self._discount(batch))
+        target = self._value_target(batch, reward, terminated, next_value, self._discount(batch))
 
         values = self.value_network.action_values(*(batch.get(k) for k in self.obs_keys))
         pred = self._chosen_value(values, batch.get(keys.action))

@@ -48,7 +48,7 @@ from rltrain.modules.actors import CategoricalActor, ProbabilisticActor, ValueOp
 from rltrain.modules.ensemble import make_ensemble
 from rltrain.modules.qvalue import CATEGORICAL, resolve_action_space
 from rltrain.modules.specs import Categorical, OneHot
-from rltrain.objectives.common import LossModule, NestedKey, loss_output, next_key, td0_target
+from rltrain.objectives.common import BOOTSTRAP_ESTIMATORS, LossModule, NestedKey, loss_output, next_key
 from rltrain.objectives.dqn import _categorical_index
 
 AWR_WEIGHT_MAX = 100.0
@@ -71,6 +71,8 @@ class _ImplicitQLearning(LossModule):
     Subclasses say how the critics and the policy read the dataset action (:meth:`_data_action`,
     :meth:`_critic_at_data`, :meth:`_data_log_prob`).
     """
+
+    supported_value_estimators = BOOTSTRAP_ESTIMATORS
 
     @dataclasses.dataclass
     class _AcceptedKeys:
@@ -184,7 +186,7 @@ class _ImplicitQLearning(LossModule):
         reward, terminated, discount = self._transition(batch)
         with torch.no_grad():
             next_value = self._state_value([batch.get(next_key(k)) for k in self.value_in_keys])
-            target = td0_target(reward, terminated, next_value, discount)
+            target = self._value_target(batch, reward, terminated, next_value, discount)
         pred = self._critic_at_data(self.qvalue_network, critic_inputs, action)
         loss = self._distance(pred, target.expand_as(pred)).sum(0)
         priority = (pred.detach() - target).pow(2).max(0).values

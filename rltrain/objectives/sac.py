@@ -47,8 +47,9 @@ from torch import nn
 from rltrain.modules.actors import ProbabilisticActor, ValueOperator, call_tensors, default_log_prob_key
 from rltrain.modules.ensemble import make_ensemble
 from rltrain.objectives.common import (
+    BOOTSTRAP_ESTIMATORS,
     LossModule, NestedKey, TemperatureMixin, TransitionKeys, critic_inputs, loss_output, next_key,
-    resolve_target_entropy, td0_target,
+    resolve_target_entropy,
 )
 
 
@@ -80,6 +81,8 @@ class SACLoss(TemperatureMixin, LossModule):
         use_prioritized_weights: ``"auto"`` (use ``priority_weight`` if present), True or False.
         scalar_output_mode: with ``reduction="none"``: ``None`` (warn) or ``"exclude"``.
     """
+
+    supported_value_estimators = BOOTSTRAP_ESTIMATORS
 
     @dataclasses.dataclass
     class _AcceptedKeys(TransitionKeys):
@@ -208,7 +211,7 @@ class SACLoss(TemperatureMixin, LossModule):
             next_q = self.target_qvalue_network(*self._qvalue_inputs(batch, next_action, next_state=True),
                                                 detach=True)
             next_value = next_q.min(0).values.squeeze(-1) - alpha * next_log_prob
-            target = td0_target(reward, terminated, next_value, discount)
+            target = self._value_target(batch, reward, terminated, next_value, discount)
         pred = self.qvalue_network(*self._qvalue_inputs(batch, batch.get(self._tensor_keys.action), False))
         pred = pred.squeeze(-1)
         loss = self._distance(pred, target.expand_as(pred)).sum(0)
@@ -224,7 +227,7 @@ class SACLoss(TemperatureMixin, LossModule):
         with torch.no_grad():
             next_obs = [batch.get(next_key(key)) for key in self.value_network.in_keys]
             next_value = call_tensors(self.target_value_network, *next_obs)[0].squeeze(-1)
-            target = td0_target(reward, terminated, next_value, discount)
+            target = self._value_target(batch, reward, terminated, next_value, discount)
         inputs = [x.reshape(k, batch_size // k, *x.shape[1:])
                   for x in self._qvalue_inputs(batch, batch.get(self._tensor_keys.action), False)]
         pred = self.qvalue_network(*inputs, per_member=True).reshape(batch_size)

@@ -40,7 +40,7 @@ from torch import nn
 from rltrain.modules.actors import Actor, ValueOperator, call_tensors
 from rltrain.modules.ensemble import make_ensemble
 from rltrain.modules.specs import Bounded
-from rltrain.objectives.common import LossModule, NestedKey, TransitionKeys, loss_output, next_key, td0_target
+from rltrain.objectives.common import BOOTSTRAP_ESTIMATORS, LossModule, NestedKey, TransitionKeys, loss_output, next_key
 
 
 def action_bounds(action_spec: Bounded | None, bounds) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,6 +101,8 @@ class TD3Loss(LossModule):
     (``min_k Q_{bar phi_k}(s', a')``) and ``target_value`` ``[*B]`` (``y``). The priority
     ``max_k (Q_k - y)^2`` is written into the input batch under ``tensor_keys.priority``.
     """
+
+    supported_value_estimators = BOOTSTRAP_ESTIMATORS
 
     @dataclasses.dataclass
     class _AcceptedKeys(TransitionKeys):
@@ -206,7 +208,7 @@ class TD3Loss(LossModule):
             next_action = self.smoothed_target_action(*(next_state[k] for k in self.obs_keys))
             next_q = self.target_qvalue_network(*self._qvalue_inputs(next_state, next_action), detach=True)
             next_value = next_q.min(0).values.squeeze(-1)
-            target = td0_target(reward, terminated, next_value, discount)
+            target = self._value_target(batch, reward, terminated, next_value, discount)
         pred = self.qvalue_network(*self._qvalue_inputs(state, batch.get(keys.action))).squeeze(-1)
         loss_qvalue = self._distance(pred, target.expand_as(pred)).sum(0)
         pred = pred.detach()
