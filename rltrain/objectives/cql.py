@@ -401,7 +401,8 @@ class DiscreteCQLLoss(DQNLoss):
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
 
     Output: ``loss_qvalue``, ``loss_cql`` and the detached batch means ``td_error`` ``[1]``
-    (of ``(Q(s, a) - y)^2``), ``pred_value`` and ``target_value``. Written into the input batch:
+    (of ``(Q(s, a) - y)^2``), ``pred_value`` (of ``Q(s, .)`` over every action, as the reference
+    reports it) and ``target_value``. Written into the input batch:
     the priority ``(Q(s, a) - y)^2`` and ``pred_val`` = ``Q(s, .)``, detached.
     """
 
@@ -445,6 +446,6 @@ class DiscreteCQLLoss(DQNLoss):
             "loss_qvalue": self._reduce(loss_qvalue),
             "loss_cql": self._reduce(loss_cql),
             "td_error": td_error.mean(0),
-            "pred_value": pred.detach().mean(),
+            "pred_value": values.detach().mean(),
             "target_value": target.mean(),
         })

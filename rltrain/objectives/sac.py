@@ -75,8 +75,10 @@ class SACLoss(TemperatureMixin, LossModule):
         separate_losses: accepted for API compatibility; the critics are always copies, so weights
             shared with the actor are trained by the actor loss only.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
-        skip_done_states: run the actor only on next states that are not done (their next actions
-            and log-probs are zero), so NaN next observations of done rows are harmless.
+        skip_done_states: run the actor only on next states that are not terminated (their next
+            actions and log-probs are zero), so NaN next observations after a terminal state are
+            harmless; rows are selected with ``terminated`` (``done`` when the batch has none), so a
+            time-limit truncation still gets a real next action and its target bootstraps.
         deactivate_vmap: evaluate a non-MLP critic member by member instead of with ``vmap``.
         use_prioritized_weights: ``"auto"`` (use ``priority_weight`` if present), True or False.
         scalar_output_mode: with ``reduction="none"``: ``None`` (warn) or ``"exclude"``.
@@ -167,11 +169,11 @@ class SACLoss(TemperatureMixin, LossModule):
     def _qvalue_inputs(self, batch: TensorDictBase, action: torch.Tensor, next_state: bool) -> list[torch.Tensor]:
         return critic_inputs(batch, self.qvalue_in_keys, self._tensor_keys.action, action, next_state)
 
-    def _sample_next_actions(self, next_obs: list[torch.Tensor], done: torch.Tensor | None):
-        """``a', log pi(a'|s')`` from the online actor; rows with ``done`` skipped if asked."""
-        if done is None:
+    def _sample_next_actions(self, next_obs: list[torch.Tensor], skipped: torch.Tensor | None):
+        """``a', log pi(a'|s')`` from the online actor; ``skipped`` rows (terminated) get zeros."""
+        if skipped is None:
             return self.actor_network.distribution(*next_obs).rsample_and_log_prob()
-        keep = ~done.squeeze(-1)
+        keep = ~skipped.bool()
         action, log_prob = self.actor_network.distribution(*(x[keep] for x in next_obs)).rsample_and_log_prob()
         full_action = action.new_zeros(*keep.shape, action.shape[-1])
         full_log_prob = log_prob.new_zeros(keep.shape)
@@ -206,8 +208,9 @@ class SACLoss(TemperatureMixin, LossModule):
     def _qvalue_loss_v2(self, batch, alpha, reward, terminated, discount, weight):
         with torch.no_grad():
             next_obs = [batch.get(next_key(k)) for k in self.obs_keys]
-            done = batch.get(next_key(self._tensor_keys.done)) if self.skip_done_states else None
-            next_action, next_log_prob = self._sample_next_actions(next_obs, done)
+            # terminated (done when the batch has none): a truncated row still bootstraps from s'
+            skipped = terminated if self.skip_done_states else None
+            next_action, next_log_prob = self._sample_next_actions(next_obs, skipped)
             next_q = self.target_qvalue_network(*self._qvalue_inputs(batch, next_action, next_state=True),
                                                 detach=True)
             next_value = next_q.min(0).values.squeeze(-1) - alpha * next_log_prob
