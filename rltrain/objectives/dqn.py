@@ -6,7 +6,8 @@ stop-gradient, ``d`` = the distance of ``loss_function``, :math:`\gamma^n` the d
 ``steps_to_next_obs`` for n-step batches, else 1). Bootstrapping is cut by *terminated* only.
 
 **DQN** (Mnih et al. 2015). ``Q(s, a)`` is the entry of the taken action: ``gather`` for an int64
-index (``"categorical"``), ``sum(Q(s, .) * a)`` for a one-hot action::
+index (``"categorical"``), ``sum(Q(s, .) * a)`` for a one-hot (or several-choice, or binary) action,
+whose ``max_a'`` is taken per choice (:class:`~rltrain.modules.qvalue.QValueActor`)::
 
     y = r + gamma^n * (1 - terminated) * max_a' Q_{bar phi}(s', a')          (no gradient)
     loss = R( d(Q_phi(s, a), y) ),  priority = (Q_phi(s, a) - y)^2
@@ -71,7 +72,8 @@ def _categorical_index(action: torch.Tensor, batch_dims: int) -> torch.Tensor:
 
 
 def _check_one_hot(action: torch.Tensor, expected_shape: tuple[int, ...], owner: str) -> None:
-    """A one-hot action must be shaped ``[*B, nA]``; an int64 index ``[*B]`` here is a config mistake."""
+    """A one-hot (or several-choice, or binary) action must be shaped like ``Q(s, .)``, ``[*B, nA]``; an
+    int64 index ``[*B]`` here is a config mistake."""
     if tuple(action.shape) != tuple(expected_shape):
         raise ValueError(f"{owner}: one-hot actions must be shaped {tuple(expected_shape)} ([*B, n_actions]), got "
                          f"{tuple(action.shape)}; for integer action indices use action_space='categorical'")
@@ -91,7 +93,9 @@ class DQNLoss(LossModule):
             network; needs ``delay_value=True``.
         gamma: deprecated, must be ``None``: use ``make_value_estimator(gamma=...)``.
         action_space: how the batch's ``action`` is stored: ``"one_hot"``/``"one-hot"``,
-            ``"categorical"`` (int64 index ``[B]`` or ``[B, 1]``) or a OneHot/Categorical spec.
+            ``"categorical"`` (int64 index ``[B]`` or ``[B, 1]``), ``"mult_one_hot"`` (concatenated
+            one-hot vectors; the actor needs ``var_nums``), ``"binary"`` (0/1 vector), or a spec.
+            For the last two ``Q(s, a) = sum_j Q(s, .)_j a_j`` (see :mod:`rltrain.modules.qvalue`).
             Default: the actor's action space.
         priority_key: deprecated, must be ``None``: use ``set_keys(priority=...)``.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
@@ -160,9 +164,9 @@ class DQNLoss(LossModule):
         next_values = self.target_value_network.action_values(*next_obs)
         if self.double_dqn:
             # A separate no-grad call: cheaper than one call on [s; s'] whose backward would span both halves.
-            best = self.value_network.action_values(*next_obs).argmax(-1, keepdim=True)
-            return next_values.gather(-1, best)
-        return next_values.max(-1, keepdim=True).values
+            best = self.value_network.greedy(self.value_network.action_values(*next_obs))
+            return self.value_network.value_of(next_values, best)
+        return self.value_network.max_value(next_values)
 
     def forward(self, batch: TensorDictBase) -> TensorDict:
         keys = self._tensor_keys

@@ -46,7 +46,7 @@ from torch import nn
 
 from rltrain.modules.actors import CategoricalActor, ProbabilisticActor, ValueOperator, call_tensors
 from rltrain.modules.ensemble import make_ensemble
-from rltrain.modules.qvalue import CATEGORICAL, resolve_action_space
+from rltrain.modules.qvalue import CATEGORICAL, SINGLE_CHOICE_SPACES, resolve_action_space
 from rltrain.modules.specs import Categorical, OneHot
 from rltrain.objectives.common import BOOTSTRAP_ESTIMATORS, LossModule, NestedKey, loss_output, next_key
 from rltrain.objectives.dqn import _categorical_index
@@ -319,7 +319,7 @@ class DiscreteIQLLoss(_ImplicitQLearning):
             raise ValueError("DiscreteIQLLoss: the critic maps s -> Q(s, .) and must not read the action; its "
                              f"in_keys are {self.qvalue_in_keys}")
         self.action_space = resolve_action_space(action_space, getattr(actor_network, "spec", None),
-                                                 owner="DiscreteIQLLoss")
+                                                 owner="DiscreteIQLLoss", accepted=SINGLE_CHOICE_SPACES)
 
     def _data_action(self, action, batch_dims):
         """An int64 index ``[*B, 1]`` (categorical) or the one-hot vector ``[*B, nA]``."""
