@@ -137,7 +137,17 @@ class CrossQLoss(TemperatureMixin, LossModule):
                             f"got {type(reference).__name__}")
         self.qvalue_in_keys = list(reference.in_keys)
         modules = [m.module for m in members] if members else fresh_copies(reference.module, num_qvalue_nets)
-        self.qvalue_network = StackedBRNMLP(modules)
+        try:
+            self.qvalue_network = StackedBRNMLP(modules)
+        except TypeError as err:
+            raise TypeError(
+                f"CrossQLoss: {err}. CrossQ's critic must be a stack of Linear, BatchRenorm1d (or affine "
+                "BatchNorm1d) layers and parameter-free activations -- an nn.Sequential, rltrain.modules.MLP or "
+                "rltrain.modules.BRNMLP inside a ValueOperator -- because the K critics are stacked into batched "
+                "matmuls whose normalization layers see the current and next state-action rows together (that "
+                "shared batch statistic replaces target networks). A custom module (e.g. a QNet with its own "
+                "forward) cannot be stacked that way: build the critic as BRNMLP(obs_dim + act_dim, 1, (2048, "
+                "2048)) wrapped in ValueOperator(..., in_keys=['observation', 'action'])") from None
         self.num_qvalue_nets = self.qvalue_network.num_members
 
         self._init_alpha(alpha_init, min_alpha, max_alpha, fixed_alpha)
