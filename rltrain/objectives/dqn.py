@@ -40,6 +40,7 @@ have one term, ``loss``, whose gradient reaches only the online network (group `
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -77,6 +78,26 @@ def _check_one_hot(action: torch.Tensor, expected_shape: tuple[int, ...], owner:
     if tuple(action.shape) != tuple(expected_shape):
         raise ValueError(f"{owner}: one-hot actions must be shaped {tuple(expected_shape)} ([*B, n_actions]), got "
                          f"{tuple(action.shape)}; for integer action indices use action_space='categorical'")
+
+
+def check_support_covers_returns(vmin: float, vmax: float, reward_range: tuple[float, float] | None,
+                                 gamma: float, where: str = "C51") -> bool:
+    """Warn when the discounted-return bounds ``r_min / (1 - gamma)`` .. ``r_max / (1 - gamma)`` of a
+    per-step reward range fall outside the support ``[vmin, vmax]`` (the projection clamps every target
+    atom into it, so the values saturate there). Returns whether the support covers them; with no
+    ``reward_range`` (unknown) there is nothing to check."""
+    if reward_range is None:
+        return True
+    r_min, r_max = (float(r) for r in reward_range)
+    horizon = float("inf") if gamma >= 1.0 else 1.0 / (1.0 - gamma)
+    low, high = min(r_min * horizon, r_min), max(r_max * horizon, r_max)
+    if low >= vmin and high <= vmax:
+        return True
+    warnings.warn(f"{where}: the support [{vmin:g}, {vmax:g}] does not cover the discounted returns the rewards "
+                  f"allow, [{low:g}, {high:g}] (per-step rewards in [{r_min:g}, {r_max:g}], gamma {gamma:g}): values "
+                  "beyond the support saturate. Widen it (env.c51_support or algo.support.vmin/vmax).",
+                  UserWarning, stacklevel=2)
+    return False
 
 
 class DQNLoss(LossModule):

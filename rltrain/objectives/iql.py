@@ -24,7 +24,16 @@ the *dataset* action ``a`` only: IQL never evaluates an action the data does not
     loss_actor = R( -w * log pi_theta(a|s) ),   entropy = -mean(sg(log pi_theta(a|s)))
 
 ``entropy`` is the negative log-likelihood of the dataset actions (a logging metric, not the
-policy's entropy). A :class:`~rltrain.modules.TanhNormal` policy re-scores a dataset action after
+policy's entropy).
+
+**Deterministic actor** (an :class:`~rltrain.modules.Actor` ``mu_theta(s)``; CORL's
+``iql_deterministic: true``, its tuned setting for hopper-medium and hopper-medium-replay): the
+log-likelihood is replaced by the squared error to the dataset action, summed over the action
+dimensions -- AWR on a Gaussian of fixed variance, up to constants::
+
+    loss_actor = R( w * ||mu_theta(s) - a||^2 )
+
+(no ``entropy`` metric and no log-probability written). A :class:`~rltrain.modules.TanhNormal` policy re-scores a dataset action after
 clamping it strictly inside the bounds, so actions lying on the bounds have finite log-probabilities.
 
 **Discrete actions** (:class:`DiscreteIQLLoss`): each critic maps ``s`` to ``Q(s, .)`` ``[*B, nA]``
@@ -44,7 +53,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
-from rltrain.modules.actors import CategoricalActor, ProbabilisticActor, ValueOperator, call_tensors
+from rltrain.modules.actors import Actor, CategoricalActor, ProbabilisticActor, ValueOperator, call_tensors
 from rltrain.modules.ensemble import make_ensemble
 from rltrain.modules.qvalue import CATEGORICAL, SINGLE_CHOICE_SPACES, resolve_action_space
 from rltrain.modules.specs import Categorical, OneHot
@@ -110,6 +119,7 @@ class _ImplicitQLearning(LossModule):
                             f"got {type(value_network).__name__}")
         self.temperature = float(temperature)
         self.expectile = float(expectile)
+        self.deterministic_actor = isinstance(actor_network, Actor)
         self.separate_losses = separate_losses
         self.scalar_output_mode = scalar_output_mode
 
@@ -195,8 +205,12 @@ class _ImplicitQLearning(LossModule):
 
     def _actor_terms(self, batch: TensorDictBase, obs: list[torch.Tensor], action: torch.Tensor,
                      advantage: torch.Tensor) -> dict[str, torch.Tensor]:
+        weight = awr_weight(advantage, self.temperature)
+        if self.deterministic_actor:
+            squared_error = (call_tensors(self.actor_network, *obs)[0] - action).pow(2).sum(-1)
+            return {"loss_actor": self._reduce(weight * squared_error)}
         log_prob = self._data_log_prob(obs, action)
-        out = {"loss_actor": self._reduce(-awr_weight(advantage, self.temperature) * log_prob)}
+        out = {"loss_actor": self._reduce(-weight * log_prob)}
         log_prob = log_prob.detach()
         batch.set(self._tensor_keys.log_prob, log_prob)
         if self._scalar_outputs_allowed():
@@ -208,8 +222,10 @@ class IQLLoss(_ImplicitQLearning):
     """IQL objective for continuous actions: expectile value, critics bootstrapped from V, AWR actor.
 
     Args:
-        actor_network: a :class:`~rltrain.modules.ProbabilisticActor` (e.g. TanhNormal); its
-            parameters are used as they are. Only its log-probability of dataset actions is used.
+        actor_network: a :class:`~rltrain.modules.ProbabilisticActor` (e.g. TanhNormal; only its
+            log-probability of dataset actions is used), or a deterministic
+            :class:`~rltrain.modules.Actor` (AWR on the squared error, module docstring). Its
+            parameters are used as they are.
         qvalue_network: a ``ValueOperator`` ``Q(s, a)``, copied into a stacked ensemble of
             ``num_qvalue_nets`` independent members; or a list of such modules, stacked as given.
             The target copies are always kept (pair the objective with SoftUpdate or HardUpdate).
@@ -251,9 +267,10 @@ class IQLLoss(_ImplicitQLearning):
         scalar_output_mode: str | None = None,
     ):
         super().__init__()
-        if not hasattr(actor_network, "distribution"):
+        if not isinstance(actor_network, (ProbabilisticActor, Actor)):
             raise TypeError("IQLLoss needs a stochastic actor with a distribution (a rltrain.modules."
-                            f"ProbabilisticActor), got {type(actor_network).__name__}")
+                            "ProbabilisticActor) or a deterministic rltrain.modules.Actor, got "
+                            f"{type(actor_network).__name__}")
         self._setup(actor_network, qvalue_network, value_network, num_qvalue_nets=num_qvalue_nets,
                     loss_function=loss_function, temperature=temperature, expectile=expectile, gamma=gamma,
                     priority_key=priority_key, separate_losses=separate_losses, reduction=reduction,
