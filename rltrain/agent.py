@@ -42,6 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 from rltrain import checkpoint as checkpoints
 from rltrain.envs import env_specs, make_env, make_vector_env
 from rltrain.errors import ConfigError
+from rltrain.results import run_clock
 
 CHECKPOINT_CHOICES = "last, best or a policy snapshot's step (an integer)"
 
@@ -243,21 +244,13 @@ class Agent:
                 f"step={self.step})")
 
 
-def _counts_updates(cfg: DictConfig) -> bool:
-    """Whether the run's clock is gradient updates (learning from a dataset alone) or env steps."""
-    return cfg.dataset is not None and not cfg.algo.get("on_policy") and not cfg.algo.get("imitation")
-
-
 def _training_step(cfg: DictConfig, state: dict) -> int:
-    """The clock position of the checkpoint's weights (the step the run's evaluation seeds derive from)."""
+    """The clock position of the checkpoint's weights (the step the run's evaluation seeds derive from):
+    a checkpoint's counters, else the evaluation saved with a snapshot, read on the run's clock."""
     counters, result = state.get("counters"), state.get("eval")
-    if counters is not None and "position" in counters:
+    if counters is not None:
         return int(counters["position"])
-    if result is not None and "step" in result:
-        return int(result["step"])
-    if counters is not None:  # last.pt
-        return int(counters["updates" if _counts_updates(cfg) else "env_steps"])
-    return int(result["update" if _counts_updates(cfg) else "env_step"]) if result else -1
+    return int(result[run_clock(cfg)]) if result else -1
 
 
 def _normalizer(state: dict, obs_dim: int):
