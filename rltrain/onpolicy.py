@@ -18,7 +18,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 
 from rltrain.objectives.common import next_key
-from rltrain.objectives.gail import GAILLoss, gail_reward
+from rltrain.objectives.gail import GAILLoss
 
 VALID_KEY = ("collector", "mask")
 ENV_REWARD_KEY = ("next", "env_reward")

@@ -254,12 +254,13 @@ class AlgorithmRecord:
     ``actions``: ``continuous``, ``discrete`` or ``either``. ``source``: the source it always trains
     on (``rollout``, ``finetune``), or ``None`` to follow the run (``dataset`` with a dataset, else
     ``replay``). ``td0``: give it the generic TD(0) estimator with ``algo.gamma`` (C51 and PPO bring
-    their own)."""
+    their own). ``mc_return``: its batches carry each transition's Monte-Carlo return (Cal-QL)."""
 
     builder: Callable[..., Agent]
     actions: str
     source: str | None = None
     td0: bool = True
+    mc_return: bool = False
 
     def acts_on(self, action_spec) -> bool:
         if self.actions == "continuous":
@@ -279,7 +280,7 @@ ALGORITHMS: dict[str, AlgorithmRecord] = {
     "c51": AlgorithmRecord(c51_agent, "discrete", td0=False),
     "iql": AlgorithmRecord(iql_agent, "continuous"),
     "cql": AlgorithmRecord(stochastic_agent, "continuous"),
-    "cal_ql": AlgorithmRecord(stochastic_agent, "continuous"),
+    "cal_ql": AlgorithmRecord(stochastic_agent, "continuous", mc_return=True),
     "td3bc": AlgorithmRecord(deterministic_agent, "continuous"),
     "bc": AlgorithmRecord(bc_agent, "either"),
     "discrete_iql": AlgorithmRecord(discrete_iql_agent, "discrete"),
