@@ -290,3 +290,14 @@ def test_frame_stack_larger_than_the_replay_can_serve_is_refused():
     buffer = ReplayBuffer(capacity=50, frame_stack=4)
     with pytest.raises(ValueError, match=r"frame_stack=4 needs observations \[n, 4, ...\]"):
         buffer.extend(collect(frame_stack_envs(1, 2), 3))
+
+
+def test_heads_on_a_shared_encoder_train_it_once():
+    from rltrain.modules import MLP
+    from rltrain.modules.cnn import EncodedHead
+    encoder, dim = build_encoder(image_spec((4, 10, 10), 1.0))
+    actor, critic = EncodedHead(encoder, MLP(dim, 3, [])), EncodedHead(encoder, MLP(dim, 1, []))
+    assert actor.encoder is critic.encoder and len(actor) == 2
+    shared = {id(p) for p in actor.parameters()} & {id(p) for p in critic.parameters()}
+    assert shared == {id(p) for p in encoder.parameters()}
+    assert actor(torch.zeros(5, 4, 10, 10, dtype=torch.uint8)).shape == (5, 3)

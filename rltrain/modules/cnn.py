@@ -137,4 +137,7 @@ class EncodedHead(nn.Sequential):
 
     def __init__(self, encoder: nn.Module, head: nn.Module):
         super().__init__(encoder, head)
-        self.encoder, self.head = self[0], self[1]
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self[0]
