@@ -132,6 +132,9 @@ class PPOLoss(LossModule):
             positive float.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-sample terms ``[*B]``; the
             metrics stay scalars).
+        shared_encoder: the actor and the critic share an encoder (CleanRL's Atari PPO): every term
+            then trains one parameter group, ``model``, with one optimizer. Without it shared
+            parameters are refused (the critic loss would train the actor).
 
     Keys (``set_keys``): ``advantage``, ``value_target``, ``value`` (the rollout's ``V_old(s)``,
     read for value clipping), ``sample_log_prob`` (``log pi_old``; default the actors' own key),
@@ -169,6 +172,7 @@ class PPOLoss(LossModule):
         normalize_advantage: bool = False,
         clip_value: bool | float | None = None,
         reduction: str | None = None,
+        shared_encoder: bool = False,
     ):
         super().__init__()
         if not hasattr(actor_network, "distribution"):
@@ -176,7 +180,8 @@ class PPOLoss(LossModule):
                              f"or CategoricalActor), got {type(actor_network).__name__}")
         if critic_network is None or not hasattr(critic_network, "in_keys"):
             raise ValueError("PPOLoss needs a critic: a rltrain.modules.ValueOperator V(s)")
-        if _shared_parameters(actor_network, critic_network):
+        self.shared_encoder = bool(shared_encoder)
+        if _shared_parameters(actor_network, critic_network) and not self.shared_encoder:
             raise ValueError("PPOLoss: the actor and the critic share parameters, so the critic loss would train the "
                              "actor; give them separate networks")
         if not 0.0 < clip_epsilon < 1.0:
@@ -204,6 +209,8 @@ class PPOLoss(LossModule):
         self._log_clip_bounds = (math.log1p(-self.clip_epsilon), math.log1p(self.clip_epsilon))
         if not self.entropy_bonus:
             self.loss_groups = {k: g for k, g in type(self).loss_groups.items() if k != "loss_entropy"}
+        if self.shared_encoder:  # one optimizer over both networks, as CleanRL's Atari PPO
+            self.loss_groups = {term: "model" for term in self.loss_groups}
         self.value_type = ValueEstimators.GAE
         self.register_buffer("lmbda", torch.tensor(0.95))
         self.average_gae = False
@@ -218,6 +225,8 @@ class PPOLoss(LossModule):
         return float(clip_value)
 
     def _group_members(self) -> dict[str, list[nn.Parameter]]:
+        if self.shared_encoder:
+            return {"model": list(dict.fromkeys([*self.actor_network.parameters(), *self.critic_network.parameters()]))}
         return {"actor": list(self.actor_network.parameters()), "critic": list(self.critic_network.parameters())}
 
     # ---- value estimator -----------------------------------------------------------------------------
