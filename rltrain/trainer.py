@@ -44,6 +44,7 @@ from torch import nn
 
 from rltrain import checkpoint
 from rltrain.envs import derive_seed
+from rltrain.errors import ConfigError
 from rltrain.evaluate import evaluate
 from rltrain.loggers import Loggers
 from rltrain.objectives.common import LossModule
@@ -415,8 +416,9 @@ class Trainer:
         return summary
 
 
-class CheckpointFormatError(RuntimeError):
-    """A checkpoint written by an rltrain whose checkpoint layout this one cannot read."""
+class CheckpointFormatError(ConfigError):
+    """A checkpoint written by an rltrain whose checkpoint layout this one cannot read (a resume=
+    mistake: exit code 2 like other bad input)."""
 
 
 def check_checkpoint_format(state: dict) -> None:
