@@ -3,7 +3,7 @@
 seed 0, 64x64 networks:
 
 - IQL (the dataset copied into the replay buffer) and Cal-QL (50/50 sampling) fine-tuned online for
-  6k env steps end the online phase at a normalized score at least 10 points above their last
+  4k env steps end the online phase at a normalized score at least 10 points above their last
   offline evaluation.
 - RLPD's first evaluation at a return >= -250 comes no later, in env steps, than SAC's from scratch
   (the shared run: same seed, networks, warm-up and evaluation schedule). RLPD runs at 2 updates per
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 RLPD_THRESHOLD = -250.0
 O2O = [*LEARNING_NETS, "dataset=minari", "trainer.eval_every=1000", "trainer.checkpoint_every=100000", "seed=0"]
-FINETUNE = ["source=offline_to_online", "source.offline_updates=2000", "source.online_env_steps=6000",
+FINETUNE = ["source=offline_to_online", "source.offline_updates=2000", "source.online_env_steps=4000",
             "trainer.warmup_steps=0", "trainer.learning_starts=0"]
 CASES = {
     "iql": ["algo=iql", *FINETUNE],
@@ -45,7 +45,7 @@ def test_online_fine_tuning_improves_on_the_offline_policy(tmp_path, medium_data
     run_cli([*O2O, f"dataset.id={medium_datasets['pendulum']}", *CASES[algo]], tmp_path, timeout=900)
     run_dir = only_run_dir(tmp_path)
     rows = eval_rows(run_dir)
-    assert [r["phase"] for r in rows] == ["offline"] * 2 + ["online"] * 6
+    assert [r["phase"] for r in rows] == ["offline"] * 2 + ["online"] * 4
     summary = json.loads((run_dir / "summary.json").read_text())
     offline, online = summary["final_offline_normalized_score"], summary["final_online_normalized_score"]
     scores = [round(float(r["normalized_score"]), 1) for r in rows]
@@ -57,7 +57,7 @@ def first_step_reaching(rows: list[dict], threshold: float) -> float:
 
 
 def test_rlpd_reaches_a_good_return_no_later_than_sac_from_scratch(tmp_path, medium_datasets, learning_run):
-    run_cli([*O2O, f"dataset.id={medium_datasets['pendulum']}", "algo=rlpd", "source.online_env_steps=6000",
+    run_cli([*O2O, f"dataset.id={medium_datasets['pendulum']}", "algo=rlpd", "source.online_env_steps=4000",
              "trainer.updates_per_step=2", "trainer.warmup_steps=1000", "trainer.learning_starts=1000"],
             tmp_path, timeout=900)
     rlpd = eval_rows(only_run_dir(tmp_path))
