@@ -25,7 +25,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rltrain import checkpoint
+from rltrain import checkpoint, extras, presets
 from rltrain.errors import ConfigError
 from rltrain.trainer import NonFiniteLossError
 
@@ -185,6 +185,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         _name_sweep_job(cfg, hydra_cfg)
     try:
+        if not cfg.resume:
+            print(presets.announce(cfg, hydra_cfg.runtime.choices))
         if cfg.seeds is not None:
             return run_seeds(cfg, run_dir, overrides)
         summary = run(cfg, run_dir, overrides)
@@ -198,6 +200,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    try:
+        extras.check_plugins(sys.argv[1:])
+    except extras.MissingExtraError as err:
+        print(f"rltrain: error: {err}", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
 
 
