@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from rltrain.extras import require
+
 BOOTSTRAP_SAMPLES = 2000
 CONFIDENCE = 0.95
 
@@ -211,8 +213,7 @@ def write_table(root: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
 def plot_curves(root: str | Path, out_file: str | Path) -> Path:
     """Learning curves, one panel per task: per algorithm the mean over seeds with a ±1 std band
     (seeds evaluated at different steps are interpolated onto the union of their steps)."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plots", "plot_curves")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

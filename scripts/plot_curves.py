@@ -10,8 +10,10 @@ Needs matplotlib (`pip install -e ".[plots]"`). See rltrain/results.py.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from rltrain.extras import MissingExtraError
 from rltrain.results import plot_curves
 
 
@@ -20,7 +22,10 @@ def main() -> None:
     parser.add_argument("root", help="folder searched for run directories (recursively)")
     parser.add_argument("--out", help="PNG file (default: <root>/curves.png)")
     args = parser.parse_args()
-    print(f"wrote {plot_curves(args.root, args.out or Path(args.root) / 'curves.png')}")
+    try:
+        print(f"wrote {plot_curves(args.root, args.out or Path(args.root) / 'curves.png')}")
+    except MissingExtraError as err:
+        sys.exit(f"plot_curves: error: {err}")
 
 
 if __name__ == "__main__":
