@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,12 +51,15 @@ def _job_dir_name(overrides: str, num: int) -> str:
 
 
 def _git_commit() -> str:
+    """HEAD of the checkout rltrain runs from; without one (a Docker image), RLTRAIN_GIT_COMMIT, which
+    the images set from their GIT_COMMIT build argument."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
+        commit = out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        commit = ""
+    return commit or os.environ.get("RLTRAIN_GIT_COMMIT") or "unknown"
 
 
 def _write_run_files(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
