@@ -1,5 +1,7 @@
-"""Learning curves of finished rltrain runs: one panel per task, per algorithm the mean over seeds
-with a ±1 std band (x: env steps online, gradient updates offline).
+"""Learning curves of rltrain runs: one panel per task, one line per group of runs (grouped by
+everything that differs in their configs except the seed), the mean over seeds labelled with its n.
+Each run's curve ends at its last evaluation; the mean is solid with a ±1 std band where every seed
+has data, dashed where only some have (x: env steps online, gradient updates offline).
 
     python scripts/plot_curves.py runs/sweeps/2026-11-21_18-42-25               # writes curves.png there
     python scripts/plot_curves.py runs/ --out curves.png
