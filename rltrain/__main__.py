@@ -28,7 +28,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rltrain import checkpoint, extras, presets
 from rltrain.errors import ConfigError
-from rltrain.trainer import NonFiniteLossError
+from rltrain.trainer import CheckpointFormatError, NonFiniteLossError, check_checkpoint_format
 
 OmegaConf.register_new_resolver("rltrain_run_dir", lambda resume, default: resume or default, replace=True)
 OmegaConf.register_new_resolver("rltrain_job_dir", lambda overrides, num: _job_dir_name(str(overrides), num),
@@ -92,25 +92,25 @@ def _resume_config(run_dir: Path, overrides: list[str]) -> DictConfig:
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     """Build everything from ``cfg`` and train; returns the summary."""
-    from rltrain.build import build_trainer
+    from rltrain.build import build_trainer, resolved_config
     from rltrain.envs import seed_everything
 
     state = None
     if cfg.resume:
         cfg = _resume_config(run_dir, [o for o in overrides if not o.startswith("resume=")])
         state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+        check_checkpoint_format(state)
     if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))
     seed_everything(cfg.seed)
     wandb_id = state["loggers"]["wandb_run_id"] if state else None
-    step_key = "env_steps" if cfg.dataset is None else "updates"
     trainer = build_trainer(cfg, run_dir, wandb_run_id=wandb_id,
-                            initial_step=state["counters"][step_key] if state else 0)
+                            initial_step=state["counters"]["position"] if state else 0)
     if state is None:
-        _write_run_files(cfg, run_dir, overrides)
+        _write_run_files(resolved_config(cfg), run_dir, overrides)
     else:
         trainer.load_state_dict(state)
-        trainer.loggers.csv.truncate_after(trainer.step, "update" if trainer.offline else "env_step")
+        trainer.loggers.csv.truncate_after(trainer.step, trainer.source.clock)
     exit_code = 1
     try:
         summary = trainer.fit()
@@ -194,7 +194,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         if cfg.seeds is not None:
             return run_seeds(cfg, run_dir, overrides)
         summary = run(cfg, run_dir, overrides)
-    except (ConfigError, NonFiniteLossError) as err:
+    except (ConfigError, NonFiniteLossError, CheckpointFormatError) as err:
         print(f"rltrain: error: {err}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise
