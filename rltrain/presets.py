@@ -48,7 +48,7 @@ def announce(cfg: DictConfig, choices: dict) -> str:
         return (f"rltrain: hyperparameters: tuned preset {cfg.preset} (configs/hparams/{cfg.preset}.yaml), "
                 f"under your overrides; hparams={OFF} gives {algo}'s paper defaults")
     task = f"dataset {cfg.dataset.id}" if cfg.dataset is not None else f"env={choices['env']}"
-    if choices.get("hparams") == OFF and automatic_choice(choices) in available():
+    if choices.get("hparams") in (None, OFF) and automatic_choice(choices) in available():
         return (f"rltrain: hyperparameters: {algo}'s paper defaults (configs/algo/{algo}.yaml); "
                 f"hparams={OFF} turned off the tuned preset {automatic_choice(choices)}")
     return f"rltrain: hyperparameters: {algo}'s paper defaults (configs/algo/{algo}.yaml); no tuned preset for {task}"

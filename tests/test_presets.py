@@ -88,6 +88,13 @@ def test_command_line_overrides_beat_the_preset():
     assert cfg.trainer.train_every == preset_values("dqn_cartpole")["trainer.train_every"]   # the rest stays tuned
 
 
+def test_turning_a_preset_off_is_announced_as_such():
+    off = compose_config("algo=dqn", "env=cartpole", "hparams=none")
+    line = presets.announce(off, {"algo": "dqn", "env": "cartpole", "hparams": "none"})
+    assert line == ("rltrain: hyperparameters: dqn's paper defaults (configs/algo/dqn.yaml); hparams=none turned off "
+                    "the tuned preset dqn_cartpole")
+
+
 def test_another_pairs_preset_can_be_chosen():
     cfg = compose_config("algo=dqn", "env=acrobot", "hparams=dqn_cartpole")
     assert cfg.preset == "dqn_cartpole" and cfg.env.id == "Acrobot-v1"
