@@ -14,6 +14,7 @@ from rltrain.envs import check_env_id
 from rltrain.errors import ConfigError
 from rltrain.loggers import ConsoleProgress, CSVLogger, Loggers, TensorboardLogger, WandbLogger
 from rltrain.trainer import Trainer, TrainerConfig
+from rltrain.video import VideoRecorder
 
 LOGGER_BACKENDS = ("wandb", "tensorboard")
 # source kind -> the trainer key of its budget
@@ -80,7 +81,7 @@ def trainer_config(cfg: DictConfig) -> TrainerConfig:
     return TrainerConfig(
         eval_every=int(t.eval_every), eval_episodes=int(t.eval_episodes), checkpoint_every=int(t.checkpoint_every),
         log_every=int(t.log_every), updater_every=int(cfg.algo.updater_every), seed=int(cfg.seed),
-        policy_snapshots=bool(t.policy_snapshots), term_windows=term_windows(cfg))
+        policy_snapshots=bool(t.policy_snapshots), video_every=int(t.video_every), term_windows=term_windows(cfg))
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None, initial_step: int,
@@ -112,6 +113,15 @@ def resolved_config(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def video_recorder(cfg: DictConfig, task, run_dir: Path) -> VideoRecorder | None:
+    """``trainer.video_every > 0``: episodes of the evaluation env rendered to ``<run dir>/videos/``."""
+    if cfg.trainer.video_every <= 0:
+        return None
+    env = task.data_env if task.data_env is not None else cfg.env.id
+    kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True) if task.data_env is None else {}
+    return VideoRecorder(env, Path(run_dir) / "videos", cfg.env.max_episode_steps, **kwargs)
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None = None,
                   initial_step: int = 0) -> Trainer:
     kind = validate(cfg)
@@ -135,4 +145,5 @@ def build_trainer(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None = Non
         eval_envs=task.eval_envs, eval_policy=eval_policy,
         loggers=build_loggers(cfg, run_dir, wandb_run_id, initial_step, source.clock, source.total),
         run_dir=run_dir, config=trainer_config(cfg), device=device, score_refs=task.score_refs,
-        normalizer=task.normalizer, reward_labeler=reward_labeler(cfg, kind, task, device))
+        normalizer=task.normalizer, reward_labeler=reward_labeler(cfg, kind, task, device),
+        video=video_recorder(cfg, task, run_dir))
