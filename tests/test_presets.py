@@ -54,10 +54,10 @@ def generic_defaults(algo: str, env: str) -> OmegaConf:
                            OmegaConf.load(CONFIGS / "algo" / f"{algo}.yaml"), OmegaConf.load(CONFIGS / "env" / f"{env}.yaml"))
 
 
-def test_the_shipped_presets_are_the_classic_control_and_mujoco_pairs():
+def test_the_shipped_presets_cover_classic_control_mujoco_atari_and_minatar():
     assert presets.available() == PRESETS
     assert {"dqn_cartpole", "c51_cartpole", "sac_pendulum", "td3_pendulum", "ddpg_pendulum", "sac_hopper",
-            "td3_walker2d"} <= set(PRESETS)
+            "td3_walker2d", "dqn_atari", "ppo_minatar"} <= set(PRESETS)
 
 
 @pytest.mark.parametrize("name", PRESETS)
