@@ -528,8 +528,8 @@ def benchmark_config(overrides: list[str], batch: int):
     import rltrain.__main__  # noqa: F401  (registers the config resolvers)
 
     with initialize_config_module("rltrain.configs", version_base="1.3"):
-        return compose("config", overrides=[*overrides, "device=cpu", "logger.progress=false",
-                                            f"trainer.batch_size={batch}"])
+        return compose("config", overrides=[*overrides, "hparams=none", "device=cpu", "logger.progress=false",
+                                            f"trainer.batch_size={batch}"])   # the hand-written twins' settings
 
 
 def dataset_trainer(overrides: list[str], data: dict[str, torch.Tensor], batch: int):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rltrain import checkpoint
+from rltrain import checkpoint, extras, presets
 from rltrain.errors import ConfigError
 from rltrain.trainer import CheckpointFormatError, NonFiniteLossError, check_checkpoint_format
 
@@ -49,12 +50,15 @@ def _job_dir_name(overrides: str, num: int) -> str:
 
 
 def _git_commit() -> str:
+    """HEAD of the checkout rltrain runs from; without one (a Docker image), RLTRAIN_GIT_COMMIT, which
+    the images set from their GIT_COMMIT build argument."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
+        commit = out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        commit = ""
+    return commit or os.environ.get("RLTRAIN_GIT_COMMIT") or "unknown"
 
 
 def _write_run_files(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
@@ -184,6 +188,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         _name_sweep_job(cfg, hydra_cfg)
     try:
+        if not cfg.resume:
+            print(presets.announce(cfg, hydra_cfg.runtime.choices))
         if cfg.seeds is not None:
             return run_seeds(cfg, run_dir, overrides)
         summary = run(cfg, run_dir, overrides)
@@ -197,6 +203,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    try:
+        extras.check_plugins(sys.argv[1:])
+    except extras.MissingExtraError as err:
+        print(f"rltrain: error: {err}", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
 
 

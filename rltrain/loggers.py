@@ -16,7 +16,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from rltrain.extras import require
+
 Metrics = dict[str, float | int]
+WANDB_MIN_VERSION = "0.19.10"   # wandb.init(reinit="create_new"): one run per job of a sweep
 
 
 class CSVLogger:
@@ -80,8 +83,7 @@ class WandbLogger:
     def __init__(self, run_dir: Path, config: dict, *, project: str, entity: str | None, group: str | None,
                  name: str | None, tags: list[str] | None, mode: str | None, run_id: str | None = None,
                  step_key: str = "env_step"):
-        import wandb
-
+        wandb = require("wandb", "wandb", "logger=wandb", min_version=WANDB_MIN_VERSION)
         self._wandb = wandb
         mode = mode or ("online" if _wandb_has_api_key() else "offline")
         self.run = wandb.init(
@@ -127,6 +129,7 @@ class TensorboardLogger:
     """TensorBoard event files under ``<run_dir>/tensorboard``, x-axis = ``step_key``."""
 
     def __init__(self, run_dir: Path, step_key: str = "env_step"):
+        require("tensorboard", "tensorboard", "logger=tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))

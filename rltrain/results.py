@@ -1,8 +1,11 @@
 """Finished runs -> benchmark tables and learning curves.
 
 A *run* is a directory written by ``python -m rltrain`` (``config.yaml``; ``summary.json`` once it
-finished; ``eval.csv``). Runs are grouped into *cells* by (task, algorithm), where the task is the
-dataset id offline and the env id online, and each cell is summarised over its seeds:
+finished; ``eval.csv``). Runs are grouped by everything that differs between their resolved configs
+except the seed (and bookkeeping that cannot change a result: ``IGNORED_KEYS``, ``logger.*``):
+first by task (the dataset id offline, the env id online) and algorithm, then, within those, by
+every other key whose value is not the same in all of their runs (a learning rate, a budget, the
+tuned preset), which the group's label names. Each group is summarised over its seeds:
 
 * ``mean ± std`` of the final evaluation (``std`` with ddof 0, as CORL and most RL papers report);
 * the interquartile mean (IQM: the mean of the middle 50 % of seeds, ``floor(n / 4)`` trimmed from
@@ -10,9 +13,12 @@ dataset id offline and the env id online, and each cell is summarised over its s
   (seeds resampled with replacement, ``BOOTSTRAP_SAMPLES`` times, fixed generator);
 * the same for the best evaluation of each run.
 
-The score is the normalized score where every run of the cell has one (offline runs with reference
+The score is the normalized score where every run of the group has one (offline runs with reference
 scores), else the raw evaluation return. A run without ``summary.json`` (crashed, killed or still
-running) counts as failed and is named in its cell. ``scripts/results_table.py`` and
+running) counts as failed and is named. A seed run more than once in a group counts once (its
+finished run, the newest of several) and is flagged. A learning curve ends at its run's last
+evaluation: the mean over seeds is drawn solid, with a ±1 std band, where every seed has data, and
+dashed, without a band, where only some have. ``scripts/results_table.py`` and
 ``scripts/plot_curves.py`` are the command-line front ends.
 """
 
@@ -28,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from rltrain.extras import require
 from rltrain.sources.base import CLOCKS
 
 BOOTSTRAP_SAMPLES = 2000
@@ -36,9 +43,17 @@ AXIS_LABELS = {"env_step": "env steps", "update": "gradient updates",
 CONFIDENCE = 0.95
 
 
+# Keys that never change what a run learns: where it was written, how it was named or logged.
+IGNORED_KEYS = {"seed", "seeds", "resume", "run_root", "sweep_name", "torch_threads", "trainer.log_every",
+                "trainer.policy_snapshots"}
+IGNORED_PREFIXES = ("logger.",)
+ABSENT = "<absent>"
+
+
 @dataclass
 class Run:
-    """One run directory: what it trained and what it reached (``None`` while unfinished)."""
+    """One run directory: what it trained (``config``: its resolved config's leaves, dotted keys,
+    without ``IGNORED_KEYS``), and what it reached (``summary`` is ``None`` while unfinished)."""
 
     path: Path
     algo: str
@@ -46,6 +61,7 @@ class Run:
     seed: int
     clock: str            # the eval.csv column of the run's clock: env_step, update or step
     summary: dict | None
+    config: dict[str, str] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -68,6 +84,20 @@ class Run:
         return x_key, np.array([float(r[x_key]) for r in rows]), np.array([float(r[y_key]) for r in rows]), normalized
 
 
+def config_leaves(cfg, prefix: str = "") -> dict[str, str]:
+    """``dotted.key -> value`` (as text) for every leaf of ``cfg`` that can change a result."""
+    leaves = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if name in IGNORED_KEYS or name.startswith(IGNORED_PREFIXES):
+            continue
+        if OmegaConf.is_dict(value):
+            leaves |= config_leaves(value, f"{name}.")
+        else:
+            leaves[name] = str(OmegaConf.to_object(value) if OmegaConf.is_list(value) else value)
+    return leaves
+
+
 def run_clock(cfg) -> str:
     """The clock a run counted, from its ``config.yaml``: the source kind it recorded. Runs written
     before sources existed record none: theirs was updates with a dataset alone, else env steps."""
@@ -80,11 +110,11 @@ def run_clock(cfg) -> str:
 
 
 def find_runs(root: str | Path) -> list[Run]:
-    """Every run directory under ``root`` (Hydra's own ``.hydra`` copies are skipped)."""
+    """Every run directory under ``root`` (Hydra's own ``.hydra`` copies are skipped), oldest first
+    (by the time its ``config.yaml`` was written)."""
     runs = []
-    for config_file in sorted(Path(root).rglob("config.yaml")):
-        if config_file.parent.name.startswith(".hydra"):
-            continue
+    config_files = [f for f in Path(root).rglob("config.yaml") if not f.parent.name.startswith(".hydra")]
+    for config_file in sorted(config_files, key=lambda f: (f.stat().st_mtime, str(f))):
         cfg = OmegaConf.load(config_file)
         if "algo" not in cfg or "seed" not in cfg:
             continue
@@ -92,7 +122,8 @@ def find_runs(root: str | Path) -> list[Run]:
         task = dataset.id if dataset else cfg.env.id
         summary_file = config_file.parent / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
-        runs.append(Run(config_file.parent, str(cfg.algo.name), str(task), int(cfg.seed), run_clock(cfg), summary))
+        runs.append(Run(config_file.parent, str(cfg.algo.name), str(task), int(cfg.seed), run_clock(cfg), summary,
+                        config_leaves(cfg)))
     return runs
 
 
@@ -132,19 +163,43 @@ class Stats:
 
 @dataclass
 class Cell:
-    """The runs of one (task, algorithm) pair and their statistics."""
+    """A group of runs: one task and algorithm, and one value of each config key that differs among
+    that pair's runs (``variant``: ``"key=value, ..."``, empty when they all agree)."""
 
     task: str
     algo: str
+    variant: str = ""
     runs: list[Run] = field(default_factory=list)
 
     @property
+    def label(self) -> str:
+        return f"{self.algo} [{self.variant}]" if self.variant else self.algo
+
+    @property
+    def counted(self) -> list[Run]:
+        """One run per seed: its finished run, the newest of several (runs are kept oldest first)."""
+        by_seed: dict[int, Run] = {}
+        for run in self.runs:
+            kept = by_seed.get(run.seed)
+            if kept is None or run.finished or not kept.finished:
+                by_seed[run.seed] = run
+        return [by_seed[seed] for seed in sorted(by_seed)]
+
+    @property
+    def duplicate_seeds(self) -> dict[int, int]:
+        """seed -> number of runs, for the seeds run more than once."""
+        counts: dict[int, int] = defaultdict(int)
+        for run in self.runs:
+            counts[run.seed] += 1
+        return {seed: n for seed, n in sorted(counts.items()) if n > 1}
+
+    @property
     def finished(self) -> list[Run]:
-        return [run for run in self.runs if run.finished]
+        return [run for run in self.counted if run.finished]
 
     @property
     def failed(self) -> list[Run]:
-        return [run for run in self.runs if not run.finished]
+        return [run for run in self.counted if not run.finished]
 
     @property
     def normalized(self) -> bool:
@@ -155,50 +210,78 @@ class Cell:
         scores = [s for s in scores if s is not None and math.isfinite(s)]
         return Stats.of(scores) if scores else None
 
+    def notes(self) -> str:
+        """The failed and the duplicate seeds, in words (empty when there are none)."""
+        notes = []
+        if self.failed:
+            notes.append(f"{len(self.failed)} failed: seed {', '.join(str(r.seed) for r in self.failed)}")
+        for seed, n in self.duplicate_seeds.items():
+            notes.append(f"seed {seed} ran {n}×, counted once")
+        return "; ".join(notes)
 
-def group_cells(runs: list[Run]) -> dict[tuple[str, str], Cell]:
-    cells: dict[tuple[str, str], Cell] = {}
+
+def variants(runs: list[Run]) -> list[str]:
+    """Per run, ``"key=value, ..."`` over the config keys whose value is not the same in all ``runs``
+    (a key a run lacks reads ``<absent>``)."""
+    keys = sorted(set().union(*(run.config for run in runs)))
+    differing = [k for k in keys if len({run.config.get(k, ABSENT) for run in runs}) > 1]
+    return [", ".join(f"{k}={run.config.get(k, ABSENT)}" for k in differing) for run in runs]
+
+
+def group_cells(runs: list[Run]) -> dict[tuple[str, str, str], Cell]:
+    """(task, algo, variant) -> the group of those runs; see :func:`variants`."""
+    by_pair: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for run in runs:
-        cells.setdefault((run.task, run.algo), Cell(run.task, run.algo)).runs.append(run)
-    return cells
+        by_pair[run.task, run.algo].append(run)
+    cells: dict[tuple[str, str, str], Cell] = {}
+    for (task, algo), pair_runs in by_pair.items():
+        for run, variant in zip(pair_runs, variants(pair_runs)):
+            cells.setdefault((task, algo, variant), Cell(task, algo, variant)).runs.append(run)
+    return dict(sorted(cells.items()))
 
 
-def _cell_text(cell: Cell | None, which: str) -> str:
-    if cell is None:
-        return "missing"
+def _stats_text(cell: Cell, which: str) -> str:
     stats = cell.stats(which)
-    failed = f" ({len(cell.failed)} failed: seed {', '.join(str(r.seed) for r in cell.failed)})" if cell.failed else ""
     if stats is None:
-        return f"no finished run{failed}"
-    return (f"{stats.mean:.1f} ± {stats.std:.1f}; IQM {stats.iqm:.1f} [{stats.ci_low:.1f}, {stats.ci_high:.1f}] "
-            f"(n={len(cell.finished)}){failed}")
+        return "no finished run"
+    return f"{stats.mean:.1f} ± {stats.std:.1f}; IQM {stats.iqm:.1f} [{stats.ci_low:.1f}, {stats.ci_high:.1f}]"
 
 
-def markdown_table(cells: dict[tuple[str, str], Cell]) -> str:
-    """Two tables (final and best evaluation): one row per task, one column per algorithm."""
-    tasks = sorted({task for task, _ in cells})
-    algos = sorted({algo for _, algo in cells})
-    lines = []
-    for which in ("final", "best"):
-        kinds = {cells[k].normalized for k in cells if cells[k].finished}
-        unit = "normalized score" if kinds == {True} else "return" if kinds == {False} else "score or return"
-        lines += [f"**{which.capitalize()} evaluation** ({unit}; mean ± std over seeds; IQM [95% bootstrap CI])", "",
-                  "| task | " + " | ".join(algos) + " |", "|---|" + "---|" * len(algos)]
-        for task in tasks:
-            lines.append(f"| {task} | " + " | ".join(_cell_text(cells.get((task, a)), which) for a in algos) + " |")
-        lines.append("")
-    return "\n".join(lines)
+def missing_pairs(cells: dict[tuple[str, str, str], Cell]) -> list[tuple[str, str]]:
+    """The (task, algo) pairs of the grid the runs span that have no run at all."""
+    tasks = sorted({cell.task for cell in cells.values()})
+    algos = sorted({cell.algo for cell in cells.values()})
+    present = {(cell.task, cell.algo) for cell in cells.values()}
+    return [(task, algo) for task in tasks for algo in algos if (task, algo) not in present]
 
 
-CSV_COLUMNS = ["task", "algo", "metric", "finished", "failed", "final_mean", "final_std", "final_iqm",
-               "final_ci_low", "final_ci_high", "best_mean", "best_std", "best_iqm", "best_ci_low", "best_ci_high"]
+def markdown_table(cells: dict[tuple[str, str, str], Cell]) -> str:
+    """One row per group (and per missing task x algorithm pair): n, final and best evaluation."""
+    kinds = {cell.normalized for cell in cells.values() if cell.finished}
+    unit = "normalized score" if kinds == {True} else "return" if kinds == {False} else "score or return"
+    rows = [(cell.task, cell.algo, f"| {cell.task} | {cell.label} | {len(cell.finished)} | {_stats_text(cell, 'final')} "
+             f"| {_stats_text(cell, 'best')} | {cell.notes()} |") for cell in cells.values()]
+    rows += [(task, algo, f"| {task} | {algo} | 0 | missing | missing | |") for task, algo in missing_pairs(cells)]
+    lines = [f"**Final and best evaluation** ({unit}; mean ± std over seeds; IQM [95% bootstrap CI]; n = finished "
+             "seeds, each counted once). Runs are grouped by every config key that differs between them except "
+             "the seed; a group's label names its values.", "",
+             "| task | algorithm | n | final evaluation | best evaluation | notes |", "|---|---|---|---|---|---|"]
+    lines += [row for *_, row in sorted(rows, key=lambda r: r[:2])]
+    return "\n".join(lines) + "\n"
 
 
-def csv_rows(cells: dict[tuple[str, str], Cell]) -> list[dict]:
+CSV_COLUMNS = ["task", "algo", "variant", "metric", "finished", "failed", "seeds", "duplicate_seeds", "final_mean",
+               "final_std", "final_iqm", "final_ci_low", "final_ci_high", "best_mean", "best_std", "best_iqm",
+               "best_ci_low", "best_ci_high"]
+
+
+def csv_rows(cells: dict[tuple[str, str, str], Cell]) -> list[dict]:
     rows = []
-    for (task, algo), cell in sorted(cells.items()):
-        row = {"task": task, "algo": algo, "metric": "normalized_score" if cell.normalized else "return",
-               "finished": len(cell.finished), "failed": len(cell.failed)}
+    for cell in cells.values():
+        row = {"task": cell.task, "algo": cell.algo, "variant": cell.variant,
+               "metric": "normalized_score" if cell.normalized else "return", "finished": len(cell.finished),
+               "failed": len(cell.failed), "seeds": " ".join(str(r.seed) for r in cell.finished),
+               "duplicate_seeds": " ".join(f"{seed}x{n}" for seed, n in cell.duplicate_seeds.items())}
         for which in ("final", "best"):
             stats = cell.stats(which)
             for name in ("mean", "std", "iqm", "ci_low", "ci_high"):
@@ -223,32 +306,74 @@ def write_table(root: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
     return markdown, table
 
 
-def plot_curves(root: str | Path, out_file: str | Path) -> Path:
-    """Learning curves, one panel per task: per algorithm the mean over seeds with a ±1 std band
-    (seeds evaluated at different steps are interpolated onto the union of their steps)."""
-    import matplotlib
+@dataclass
+class MeanCurve:
+    """The mean over seeds of a group's curves on the union of their evaluation steps. Each seed
+    covers only its own first to last evaluation (no extrapolation); ``count`` says how many seeds
+    have data at each step."""
 
+    steps: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    count: np.ndarray
+    n: int
+
+    @classmethod
+    def of(cls, curves: list[tuple[np.ndarray, np.ndarray]]) -> MeanCurve:
+        steps = np.unique(np.concatenate([s for s, _ in curves]))
+        values = np.full((len(curves), len(steps)), np.nan)
+        for row, (run_steps, scores) in zip(values, curves):
+            covered = (steps >= run_steps[0]) & (steps <= run_steps[-1])
+            row[covered] = np.interp(steps[covered], run_steps, scores)
+        count = (~np.isnan(values)).sum(0)
+        with np.errstate(invalid="ignore"):
+            mean = np.nanmean(values, axis=0)
+            std = np.nanstd(values, axis=0)
+        return cls(steps, mean, std, count, len(curves))
+
+    @property
+    def complete(self) -> np.ndarray:
+        """Steps where every seed has data."""
+        return self.count == self.n
+
+
+def _draw_group(ax, cell: Cell, curve: MeanCurve) -> None:
+    full = np.where(curve.complete, curve.mean, np.nan)
+    label = f"{cell.label} (n={curve.n})"
+    if not curve.complete.all():
+        fewest = int(curve.count.min())
+        seeds = f"{curve.n - 1}" if fewest == curve.n - 1 else f"{fewest}-{curve.n - 1}"
+        label += f"; dashed: {seeds} of {curve.n} seeds"
+    (line,) = ax.plot(curve.steps, full, label=label)
+    partial = curve.count < curve.n
+    # the dashed part joins the solid one: widen the mask by one step on each side
+    near_partial = partial | np.r_[partial[1:], False] | np.r_[False, partial[:-1]]
+    ax.plot(curve.steps, np.where(near_partial, curve.mean, np.nan), linestyle="--", color=line.get_color())
+    ax.fill_between(curve.steps, full - curve.std, full + curve.std, alpha=0.25, color=line.get_color())
+
+
+def plot_curves(root: str | Path, out_file: str | Path) -> Path:
+    """Learning curves, one panel per task, one line per group of runs (see the module docstring)."""
+    matplotlib = require("matplotlib", "plots", "plot_curves")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for run in find_runs(root):
-        if (run.path / "eval.csv").exists():
-            curves[run.task][run.algo].append(run.curve())
-    if not curves:
+    panels: dict[str, list[tuple[Cell, MeanCurve, str, bool]]] = defaultdict(list)
+    for cell in group_cells(find_runs(root)).values():
+        curves = [run.curve() for run in cell.counted if (run.path / "eval.csv").exists()]
+        curves = [c for c in curves if len(c[1])]
+        if curves:
+            x_label, _, _, normalized = curves[0]
+            panels[cell.task].append((cell, MeanCurve.of([(s, y) for _, s, y, _ in curves]), x_label, normalized))
+    if not panels:
         raise FileNotFoundError(f"no rltrain runs with eval.csv under {root}")
-    tasks = sorted(curves)
+    tasks = sorted(panels)
     columns = min(3, len(tasks))
     rows = math.ceil(len(tasks) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
     for ax, task in zip(axes.flat, tasks):
-        for algo, runs in sorted(curves[task].items()):
-            x_label, _, _, normalized = runs[0]
-            grid = np.unique(np.concatenate([steps for _, steps, _, _ in runs]))
-            ys = np.stack([np.interp(grid, steps, scores) for _, steps, scores, _ in runs])
-            mean, std = ys.mean(0), ys.std(0)
-            ax.plot(grid, mean, label=f"{algo} (n={len(runs)})")
-            ax.fill_between(grid, mean - std, mean + std, alpha=0.25)
+        for cell, curve, x_label, normalized in panels[task]:
+            _draw_group(ax, cell, curve)
         ax.set_title(task)
         ax.set_xlabel(AXIS_LABELS[x_label])
         ax.set_ylabel("normalized score" if normalized else "evaluation return")

@@ -3,10 +3,11 @@
     python scripts/results_table.py runs/sweeps/2026-11-21_18-42-25            # writes results.md/.csv there
     python scripts/results_table.py runs/ --out tables/
 
-Per (task, algorithm) cell, over seeds: mean ± std and the interquartile mean with a 95 % bootstrap
-confidence interval, for the final and the best evaluation (normalized score offline when the
-dataset has reference scores, else the return). Cells name their failed (unfinished) runs; a
-task x algorithm pair without runs reads "missing". See rltrain/results.py.
+One row per group of runs (grouped by everything that differs in their configs except the seed),
+over its seeds: n, mean ± std and the interquartile mean with a 95 % bootstrap confidence interval,
+for the final and the best evaluation (normalized score offline when the dataset has reference
+scores, else the return). Groups name their failed (unfinished) runs and flag seeds run twice
+(counted once); a task x algorithm pair without runs reads "missing". See rltrain/results.py.
 """
 
 from __future__ import annotations

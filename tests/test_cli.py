@@ -63,7 +63,7 @@ TINY_DT = ["algo.model={embed_dim:16,n_layer:1,n_head:1,inner_dim:32,dropout:0.1
 
 @pytest.mark.parametrize("algo, counter", [
     ([], "env_steps"),  # SAC on Pendulum: soft targets, stochastic policy
-    (["algo=dqn", "env=cartpole", "algo.updater.value_network_update_interval=50",
+    (["algo=dqn", "env=cartpole", "hparams=none", "algo.updater.value_network_update_interval=50",
       "algo.exploration.annealing_steps=2000"], "env_steps"),  # hard-update counter, epsilon-greedy, discrete env
     (["algo=iql", "dataset=minari", "dataset.id=rltrain-test/pendulum/tiny-v0",  # offline: dataset sampler,
       "trainer.total_updates=3000"], "updates"),                                 # normalizer, cosine lr

@@ -22,8 +22,8 @@ PENDULUM = -250.0
 CARTPOLE = 475.0
 
 CASES = {
-    "td3": ["algo=td3", *SMALL, "trainer.total_env_steps=15000", "trainer.eval_every=2500"],
-    "ddpg": ["algo=ddpg", *SMALL, "trainer.total_env_steps=15000", "trainer.eval_every=2500"],
+    "td3": ["algo=td3", "hparams=none", *SMALL, "trainer.total_env_steps=15000", "trainer.eval_every=2500"],
+    "ddpg": ["algo=ddpg", "hparams=none", *SMALL, "trainer.total_env_steps=15000", "trainer.eval_every=2500"],
     "redq": ["algo=redq", *SMALL, "trainer.updates_per_step=5", "trainer.total_env_steps=3000",
              "trainer.eval_every=500"],
     "crossq": ["algo=crossq", *SMALL, "trainer.total_env_steps=10000", "trainer.eval_every=2500"],
