@@ -64,7 +64,7 @@ def test_enjoy_reports_bad_arguments(runs, tmp_path, capsys):
     assert proc.returncode == 2 and "unknown argument 'episode=3'" in proc.stderr and "episodes=" in proc.stderr
     assert "Traceback" not in proc.stderr
     for args, message in (([f"run={tmp_path}"], "no config.yaml"), ([], "missing run="),
-                          ([f"run={runs['sac']}", "checkpoint=best"], "checkpoints/best.pt"),
+                          ([f"run={runs['sac']}", "checkpoint=newest"], "accepted values are last, best"),
                           ([f"run={runs['sac']}", "episodes=many"], "episodes='many': expected an integer")):
         with pytest.raises(SystemExit) as exit_info:
             enjoy.main(args)
