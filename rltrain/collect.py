@@ -77,21 +77,19 @@ class Collector:
             action = self.exploration.explore(action, env_step)
         return action.cpu().numpy()
 
-    def step(self, random: bool = False, end_episodes: bool = False, env_step: int = 0) -> TensorDict:
-        """Step all envs once; return the valid transitions.
+    def step(self, random: bool = False, env_step: int = 0) -> TensorDict:
+        """Step all envs once; return the valid transitions (a source that ends its episodes at a
+        checkpoint marks them truncated, then calls :meth:`reset`: see
+        :class:`rltrain.sources.ReplaySource`).
 
         Args:
             random: act uniformly at random (warm-up) instead of with the policy.
-            end_episodes: mark this step truncated in every env and start new episodes afterwards
-                (the caller then calls :meth:`reset`); used at checkpoint boundaries.
             env_step: env steps so far, for exploration schedules.
         """
         actions = self._random_actions() if random else self._policy_actions(env_step)
         next_obs, reward, terminated, truncated, _ = self.envs.step(actions)
-        if end_episodes:
-            truncated = np.ones_like(truncated)
         valid = ~self._autoresetting
-        self._record_episodes(reward, terminated | truncated, valid, count_unfinished=not end_episodes)
+        self._record_episodes(reward, terminated | truncated, valid)
         transitions = self._transitions(self._obs, actions, next_obs, reward, terminated, truncated, valid)
         self._obs = next_obs
         self._autoresetting = terminated | truncated
@@ -99,11 +97,11 @@ class Collector:
             self.exploration.reset(self._autoresetting)
         return transitions
 
-    def _record_episodes(self, reward, done, valid, count_unfinished: bool) -> None:
+    def _record_episodes(self, reward, done, valid) -> None:
+        """Returns and lengths of the episodes that ended; one cut by a :meth:`reset` is not reported."""
         self._episode_return += np.where(valid, reward, 0.0)
         self._episode_length += valid
-        # An episode cut by end_episodes is not a real episode: its return is not reported.
-        for i in np.flatnonzero(done & valid & count_unfinished):
+        for i in np.flatnonzero(done & valid):
             self.finished_episodes.append((float(self._episode_return[i]), int(self._episode_length[i])))
         self._episode_return[done] = 0.0
         self._episode_length[done] = 0

@@ -8,6 +8,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from rltrain.sources.replay import truncate_all
 from rltrain.collect import Collector
 from rltrain.data import ReplayBuffer
 from rltrain.envs import make_vector_env
@@ -103,7 +104,7 @@ def test_end_episodes_truncates_and_reset_restarts_seeded():
     envs = make_vector_env("rltrain-test/Counting-v0", 2)
     collector = Collector(envs, lambda obs: torch.zeros(obs.shape[0], 1), torch.device("cpu"), seed=0)
     collector.step(random=True)
-    last = collector.step(random=True, end_episodes=True)
+    last = truncate_all(collector.step(random=True))  # what a replay source does at a checkpoint
     assert last["next", "truncated"].all() and last["next", "done"].all()
     collector.reset(seed=5)
     first_a = collector.step(random=True)["observation"]

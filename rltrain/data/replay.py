@@ -97,6 +97,7 @@ class ReplayBuffer:
         self._prev = torch.full((rows,), NO_ROW, dtype=torch.long, device=self.device)   # previous obs, same episode
         self._next = torch.full((rows,), NO_ROW, dtype=torch.long, device=self.device)   # next obs (transition rows)
         self._number = torch.full((rows,), NO_ROW, dtype=torch.long, device=self.device)  # transition number
+        self._next_slot = torch.zeros(rows, dtype=torch.long, device=self.device)  # _next % rows (sampling reads it)
         self._rows_written = 0
         self._transitions_written = 0
         self._transitions_in_rows = 0
@@ -232,6 +233,7 @@ class ReplayBuffer:
             if key != OBS:
                 store.index_copy_(0, slots, transitions.get(key).to(self.device, non_blocking=True))
         self._next[slots] = torch.tensor(next_rows, dtype=torch.long, device=self.device)
+        self._next_slot[slots] = self._next[slots] % self.rows
         self._number[slots] = torch.arange(self._transitions_written, self._transitions_written + n,
                                            device=self.device)
         self._transitions_written += n
@@ -270,8 +272,8 @@ class ReplayBuffer:
 
     def _sampleable(self, slots: torch.Tensor) -> torch.Tensor:
         """Transition rows among the newest ``capacity`` transitions whose stack history is still held."""
-        oldest_number = self._transitions_written - self.capacity
-        ok = (self._number[slots] >= max(oldest_number, 0)) & (self._stamp[slots] >= 0)
+        oldest_number = max(self._transitions_written - self.capacity, 0)
+        ok = self._number[slots] >= oldest_number  # a row overwritten since loses its number
         if self.frame_stack > 1:
             ok &= self._history_live(self._stamp[slots])
         return ok
@@ -331,12 +333,15 @@ class ReplayBuffer:
             for part in key[:-1]:
                 node = node.setdefault(part, {})
             if key == OBS:
-                node[key[-1]] = self._observations(self._stamp[slots])
+                node[key[-1]] = store.index_select(0, slots) if self.frame_stack == 1 else \
+                    self._observations(self._stamp[slots])
             elif key == ("next", "reward") and reward is not None:
                 node[key[-1]] = reward
             else:
                 node[key[-1]] = store.index_select(0, last if key[0] == "next" else slots)
-        data.setdefault("next", {})["observation"] = self._observations(self._next[last])
+        next_obs = self._storage[OBS].index_select(0, self._next_slot[last]) if self.frame_stack == 1 else \
+            self._observations(self._next[last])
+        data.setdefault("next", {})["observation"] = next_obs
         if steps is not None:
             data["steps_to_next_obs"] = steps.unsqueeze(-1)
         # Without the constructor's shape and device checks: the storage agrees with both by
@@ -384,6 +389,7 @@ class ReplayBuffer:
         filled = min(self._rows_written, self.rows)
         for name, values in state["links"].items():
             getattr(self, f"_{name}")[:filled] = values.to(self.device)
+        self._next_slot = self._next.clamp(min=0) % self.rows
         self._storage = None
         if state["storage"] is not None:
             self._storage = {}
@@ -399,50 +405,3 @@ class ReplayBuffer:
                      reserve=state["rows"] - state["capacity"])
         buffer.load_state_dict(state)
         return buffer
-
-
-class RewardRelabelingReplay:
-    """A replay buffer whose sampled rewards come from a learned reward model (GAIL with an
-    off-policy learner such as SAC).
-
-    Every ``train_every`` samples, the reward model first trains on the batch just drawn (fresh
-    policy data for GAIL's discriminator); every sampled batch then gets the model's current reward
-    at ``("next", "reward")``, so rewards follow the model as it learns. The environment's reward
-    stays in the storage and is never sampled for learning.
-
-    Args:
-        buffer: the :class:`ReplayBuffer` the collector fills.
-        reward_model: has ``train(batch)``, ``relabel(batch)``, ``state_dict()``, ``load_state_dict()``
-            (e.g. :class:`rltrain.onpolicy.GAILRewardModel`).
-        train_every: samples between reward-model trainings.
-    """
-
-    def __init__(self, buffer: ReplayBuffer, reward_model, train_every: int = 1):
-        if train_every < 1:
-            raise ValueError(f"train_every must be >= 1, got {train_every}")
-        self.buffer = buffer
-        self.reward_model = reward_model
-        self.train_every = int(train_every)
-        self.samples = 0
-
-    def __len__(self) -> int:
-        return len(self.buffer)
-
-    def extend(self, transitions: TensorDictBase) -> None:
-        self.buffer.extend(transitions)
-
-    def sample(self, batch_size: int) -> TensorDict:
-        batch = self.buffer.sample(batch_size)
-        if self.samples % self.train_every == 0:
-            self.reward_model.train(batch)
-        self.samples += 1
-        return self.reward_model.relabel(batch)
-
-    def state_dict(self) -> dict:
-        return {"buffer": self.buffer.state_dict(), "reward_model": self.reward_model.state_dict(),
-                "samples": self.samples}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.buffer.load_state_dict(state["buffer"])
-        self.reward_model.load_state_dict(state["reward_model"])
-        self.samples = state["samples"]
