@@ -13,7 +13,9 @@ function returns a job's score (see :func:`final_score`), which is what the Optu
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,9 +29,36 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rltrain import checkpoint
 from rltrain.errors import ConfigError
+from rltrain.schema import check_group_choice, check_resume_override, validate_config
 from rltrain.trainer import NonFiniteLossError
 
-OmegaConf.register_new_resolver("rltrain_run_dir", lambda resume, default: resume or default, replace=True)
+_CREATED_RUN_DIRS: dict[str, str] = {}
+
+
+def _unique_run_dir(base: str) -> str:
+    """``base``, or ``base-1``, ``base-2``, ...: the first that this process creates itself (``mkdir`` is
+    atomic, so two runs started in the same second never share a directory). Memoized: Hydra may
+    resolve ``hydra.run.dir`` more than once in a process."""
+    if base not in _CREATED_RUN_DIRS:
+        parent = Path(base).parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            for n in range(10_000):
+                candidate = base if n == 0 else f"{base}-{n}"
+                try:
+                    Path(candidate).mkdir()
+                except FileExistsError:
+                    continue
+                _CREATED_RUN_DIRS[base] = candidate
+                break
+        except OSError as err:
+            _exit_with_error(f"cannot create the run directory {base}: {err.strerror} (run_root is not writable?). "
+                             "Pass a writable run_root=<dir>", code=2)
+    return _CREATED_RUN_DIRS[base]
+
+
+OmegaConf.register_new_resolver("rltrain_run_dir", lambda resume, default: resume or _unique_run_dir(default),
+                                replace=True)
 OmegaConf.register_new_resolver("rltrain_job_dir", lambda overrides, num: _job_dir_name(str(overrides), num),
                                 replace=True)
 OmegaConf.register_new_resolver("rltrain_hydra_subdir", lambda resume: ".hydra_resume" if resume else ".hydra",
@@ -70,9 +99,7 @@ _ABSENT = object()
 
 def _resume_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     """The saved config of ``run_dir`` with plain ``key=value`` overrides applied to existing leaves."""
-    if not (run_dir / "checkpoints" / "last.pt").exists():
-        raise ConfigError(f"resume={run_dir}: no checkpoint at {run_dir / 'checkpoints' / 'last.pt'}. Pass the "
-                          "directory of an earlier run (it holds config.yaml and checkpoints/last.pt).")
+    _check_resume_dir(run_dir)
     cfg = OmegaConf.load(run_dir / "config.yaml")
     OmegaConf.set_struct(cfg, True)
     for override in overrides:
@@ -81,6 +108,7 @@ def _resume_config(run_dir: Path, overrides: list[str]) -> DictConfig:
         if node is _ABSENT or isinstance(node, DictConfig):
             raise ConfigError(f"resume: cannot apply {override!r}. A resumed run keeps its config and groups; "
                               "only existing leaf values may change (e.g. trainer.total_env_steps=50000)")
+        check_resume_override(key)
         OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"value={value}"]).value, merge=False)
     cfg.resume = str(run_dir)
     return cfg
@@ -94,7 +122,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     state = None
     if cfg.resume:
         cfg = _resume_config(run_dir, [o for o in overrides if not o.startswith("resume=")])
-        state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    validate_config(cfg, overrides)
+    if cfg.resume:
+        state, _ = checkpoint.load_latest(run_dir / "checkpoints")
     if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))
     seed_everything(cfg.seed)
@@ -106,6 +136,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         _write_run_files(cfg, run_dir, overrides)
     else:
         trainer.load_state_dict(state)
+        checkpoint.reapply_optimizer_settings(cfg.algo.optim, trainer.groups)
         trainer.loggers.csv.truncate_after(trainer.step, "update" if trainer.offline else "env_step")
     exit_code = 1
     try:
@@ -177,20 +208,83 @@ class SqliteStorageFolder(Callback):
             Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EDQUOT}
+
+
+def _exit_with_error(message: str, code: int) -> None:
+    print(f"rltrain: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _check_resume_dir(run_dir: Path) -> None:
+    if not checkpoint.has_checkpoint(run_dir / "checkpoints") or not (run_dir / "config.yaml").exists():
+        raise ConfigError(f"resume={run_dir}: no checkpoint at {run_dir / 'checkpoints' / checkpoint.LAST}. Pass the "
+                          "directory of an earlier run (it holds config.yaml and checkpoints/last.pt).")
+
+
+def _check_command_line(args: list[str]) -> None:
+    """Checks Hydra would make too late or too vaguely: a mistyped group option (all options listed),
+    and a ``resume=`` path without a checkpoint (Hydra would create that directory)."""
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        check_group_choice(arg)
+        key, _, value = arg.partition("=")
+        value = value.strip("'\"")
+        if key == "resume" and value not in ("", "null"):
+            _check_resume_dir(Path(value))
+
+
+def _write_failure(err: OSError, run_dir: Path) -> str:
+    """One message for a write the file system refused: what, why, and how to go on."""
+    kept = run_dir / "checkpoints" / checkpoint.LAST
+    state = f"the last checkpoint {kept} is intact" if kept.exists() else "no checkpoint had been written yet"
+    what = str(err.strerror) if isinstance(err, checkpoint.CheckpointWriteError) else \
+        f"could not write {err.filename or run_dir}: {err.strerror}"
+    return (f"{what}; {state}. Free disk space or make {run_dir} writable, then resume with: "
+            f"python -m rltrain resume={run_dir}")
+
+
+def _remove_unused_run_dir(run_dir: Path) -> None:
+    """A new run that failed before writing its run files leaves no directory behind (only one this
+    process created, holding nothing but Hydra's own files)."""
+    if str(run_dir) not in {str(Path(d).resolve()) for d in _CREATED_RUN_DIRS.values()}:
+        return
+    entries = {p.name for p in run_dir.iterdir()}
+    if entries <= {".hydra"} and {p.name for p in (run_dir / ".hydra").glob("*")} <= HYDRA_FILES:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+
+
 @hydra.main(version_base="1.3", config_path="pkg://rltrain.configs", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
-    if hydra_cfg.mode == RunMode.MULTIRUN:
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun:
         _name_sweep_job(cfg, hydra_cfg)
+        if not cfg.resume and cfg.seeds is None and checkpoint.has_checkpoint(run_dir / "checkpoints"):
+            # a requeued job (submitit, after a preemption): continue from its own checkpoint
+            cfg.resume, overrides = str(run_dir), [f"resume={run_dir}"]
     try:
+        if not cfg.resume and (run_dir / "config.yaml").exists():
+            raise ConfigError(f"hydra.run.dir={run_dir} holds an earlier run (its config.yaml); a new run would mix "
+                              f"its files with that run's. Continue it with resume={run_dir}, or choose a new "
+                              "directory")
         if cfg.seeds is not None:
             return run_seeds(cfg, run_dir, overrides)
         summary = run(cfg, run_dir, overrides)
-    except (ConfigError, NonFiniteLossError) as err:
-        print(f"rltrain: error: {err}", file=sys.stderr)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
+    except (ConfigError, NonFiniteLossError, checkpoint.NonFiniteStateError, OSError) as err:
+        if isinstance(err, OSError) and err.errno not in WRITE_ERRNOS:
+            raise
+        message = _write_failure(err, run_dir) if isinstance(err, OSError) else str(err)
+        print(f"rltrain: error: {message}", file=sys.stderr, flush=True)
+        if not cfg.resume:
+            _remove_unused_run_dir(run_dir)
+        if multirun:
             raise
         sys.exit(2 if isinstance(err, ConfigError) else 1)
     _print_summary(summary)
@@ -198,6 +292,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    try:
+        _check_command_line(sys.argv[1:])
+    except ConfigError as err:
+        _exit_with_error(str(err), code=2)
     _hydra_main()
 
 
