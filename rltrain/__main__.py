@@ -27,38 +27,13 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rltrain import checkpoint
+from rltrain import checkpoint, run_dirs
 from rltrain.errors import ConfigError
 from rltrain.schema import check_group_choice, check_resume_override, validate_config
 from rltrain.trainer import NonFiniteLossError
 
-_CREATED_RUN_DIRS: dict[str, str] = {}
-
-
-def _unique_run_dir(base: str) -> str:
-    """``base``, or ``base-1``, ``base-2``, ...: the first that this process creates itself (``mkdir`` is
-    atomic, so two runs started in the same second never share a directory). Memoized: Hydra may
-    resolve ``hydra.run.dir`` more than once in a process."""
-    if base not in _CREATED_RUN_DIRS:
-        parent = Path(base).parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            for n in range(10_000):
-                candidate = base if n == 0 else f"{base}-{n}"
-                try:
-                    Path(candidate).mkdir()
-                except FileExistsError:
-                    continue
-                _CREATED_RUN_DIRS[base] = candidate
-                break
-        except OSError as err:
-            _exit_with_error(f"cannot create the run directory {base}: {err.strerror} (run_root is not writable?). "
-                             "Pass a writable run_root=<dir>", code=2)
-    return _CREATED_RUN_DIRS[base]
-
-
-OmegaConf.register_new_resolver("rltrain_run_dir", lambda resume, default: resume or _unique_run_dir(default),
-                                replace=True)
+OmegaConf.register_new_resolver("rltrain_run_dir",
+                                lambda resume, default: resume or run_dirs.unique_run_dir(default), replace=True)
 OmegaConf.register_new_resolver("rltrain_job_dir", lambda overrides, num: _job_dir_name(str(overrides), num),
                                 replace=True)
 OmegaConf.register_new_resolver("rltrain_hydra_subdir", lambda resume: ".hydra_resume" if resume else ".hydra",
@@ -222,17 +197,27 @@ def _check_resume_dir(run_dir: Path) -> None:
                           "directory of an earlier run (it holds config.yaml and checkpoints/last.pt).")
 
 
+def _check_new_run_dir(run_dir: Path) -> None:
+    if (run_dir / "config.yaml").exists():
+        raise ConfigError(f"hydra.run.dir={run_dir} holds an earlier run (its config.yaml); a new run would mix its "
+                          f"files with that run's. Continue it with resume={run_dir}, or choose a new directory")
+
+
 def _check_command_line(args: list[str]) -> None:
     """Checks Hydra would make too late or too vaguely: a mistyped group option (all options listed),
     and a ``resume=`` path without a checkpoint (Hydra would create that directory)."""
+    values = {}
     for arg in args:
         if arg.startswith("-") or "=" not in arg:
             continue
         check_group_choice(arg)
         key, _, value = arg.partition("=")
-        value = value.strip("'\"")
-        if key == "resume" and value not in ("", "null"):
-            _check_resume_dir(Path(value))
+        values[key] = value.strip("'\"")
+    resume = values.get("resume", "null")
+    if resume not in ("", "null"):
+        _check_resume_dir(Path(resume))
+    elif "hydra.run.dir" in values:  # before Hydra writes its files into that directory
+        _check_new_run_dir(Path(values["hydra.run.dir"]))
 
 
 def _write_failure(err: OSError, run_dir: Path) -> str:
@@ -248,10 +233,10 @@ def _write_failure(err: OSError, run_dir: Path) -> str:
 def _remove_unused_run_dir(run_dir: Path) -> None:
     """A new run that failed before writing its run files leaves no directory behind (only one this
     process created, holding nothing but Hydra's own files)."""
-    if str(run_dir) not in {str(Path(d).resolve()) for d in _CREATED_RUN_DIRS.values()}:
+    if not run_dirs.created_by_this_process(run_dir):
         return
-    entries = {p.name for p in run_dir.iterdir()}
-    if entries <= {".hydra"} and {p.name for p in (run_dir / ".hydra").glob("*")} <= HYDRA_FILES:
+    ours = {p.name for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"}  # Hydra's job log
+    if not ours and {p.name for p in (run_dir / ".hydra").glob("*")} <= HYDRA_FILES:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -270,10 +255,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             # a requeued job (submitit, after a preemption): continue from its own checkpoint
             cfg.resume, overrides = str(run_dir), [f"resume={run_dir}"]
     try:
-        if not cfg.resume and (run_dir / "config.yaml").exists():
-            raise ConfigError(f"hydra.run.dir={run_dir} holds an earlier run (its config.yaml); a new run would mix "
-                              f"its files with that run's. Continue it with resume={run_dir}, or choose a new "
-                              "directory")
+        if not cfg.resume:
+            _check_new_run_dir(run_dir)
         if cfg.seeds is not None:
             return run_seeds(cfg, run_dir, overrides)
         summary = run(cfg, run_dir, overrides)
@@ -292,6 +275,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    run_dirs.CREATED.clear()  # a new command line, a new run directory (main may run twice in one process)
     try:
         _check_command_line(sys.argv[1:])
     except ConfigError as err:

@@ -92,9 +92,34 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class _RecordingWriter:
+    """A file that keeps the ``OSError`` of a failed write: ``torch.save`` reports it as a RuntimeError
+    without the reason (ENOSPC, EFBIG, ...)."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def _write_file(state: dict, path: Path) -> None:
     with path.open("wb") as f:
-        torch.save(state, f)
+        writer = _RecordingWriter(f)
+        try:
+            torch.save(state, writer)
+        except RuntimeError as err:
+            if writer.error is not None:
+                raise writer.error from err
+            raise
         f.flush()
         os.fsync(f.fileno())
 
