@@ -85,6 +85,11 @@ def _resume_config(run_dir: Path, overrides: list[str]) -> DictConfig:
                               "only existing leaf values may change (e.g. trainer.total_env_steps=50000)")
         check_resume_override(key)
         OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"value={value}"]).value, merge=False)
+    if overrides:  # the run's files describe it as it continues (a later resume starts from them)
+        validate_config(cfg)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        recorded = OmegaConf.load(run_dir / "overrides.yaml") if (run_dir / "overrides.yaml").exists() else []
+        OmegaConf.save(OmegaConf.create([*recorded, *overrides]), run_dir / "overrides.yaml")
     cfg.resume = str(run_dir)
     return cfg
 

@@ -304,3 +304,107 @@ def test_wandb_with_a_key_and_no_network_goes_offline_quickly(tmp_path, monkeypa
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rltrain: warning")]
     assert len(warnings) == 1 and f"W&B is unreachable (127.0.0.1:{port}" in warnings[0]
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+# ---- end to end: resume, damaged checkpoints, a full disk, concurrent runs ------------------------------
+
+SHORT = ["network.actor.num_cells=[32,32]", "network.critic.num_cells=[32,32]", "trainer.total_env_steps=1200",
+         "trainer.warmup_steps=200", "trainer.learning_starts=200", "trainer.batch_size=64", "trainer.eval_every=600",
+         "trainer.eval_episodes=2", "trainer.log_every=200", "trainer.checkpoint_every=600", "logger.progress=false",
+         "env.eval_num_envs=2", "torch_threads=1", "seed=11"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished SHORT run: checkpoints/last.pt (1200 env steps) and previous.pt (600)."""
+    root = tmp_path_factory.mktemp("finished")
+    run_cli(SHORT, root)
+    (run_dir,) = [p.parent for p in root.rglob("config.yaml") if p.parent.name != ".hydra"]
+    return run_dir
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))
+
+
+def read_eval_steps(run_dir: Path) -> list[int]:
+    import csv
+
+    with (run_dir / "eval.csv").open(newline="") as f:
+        return [int(row["env_step"]) for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_resume_applies_optimizer_overrides_and_refuses_architecture_changes(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["optimizers"]["qvalue"]["param_groups"][0]["lr"] \
+        == pytest.approx(3e-4)
+    run_cli([f"resume={run_dir}", "trainer.total_env_steps=1800", "algo.optim.qvalue.lr=0.05"], tmp_path)
+    state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    assert state["counters"]["env_steps"] == 1800
+    assert state["optimizers"]["qvalue"]["param_groups"][0]["lr"] == 0.05
+    assert state["optimizers"]["actor"]["param_groups"][0]["lr"] == pytest.approx(3e-4)
+    assert OmegaConf.load(run_dir / "config.yaml").algo.optim.qvalue.lr == 0.05  # a later resume keeps it
+    refused = run_cli([f"resume={run_dir}", "network.actor.num_cells=[64,64]"], tmp_path, check=False)
+    assert refused.returncode == 2 and "network.actor.num_cells cannot change on a resumed run" in refused.stderr
+    assert "Traceback" not in refused.stderr and refused.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_resume_from_a_truncated_last_checkpoint_uses_the_previous_one(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    last = run_dir / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    proc = run_cli([f"resume={run_dir}"], tmp_path)
+    assert f"checkpoint {last} is truncated or corrupt" in proc.stderr
+    assert "resuming from the previous checkpoint" in proc.stderr
+    assert checkpoint.load(last)["counters"]["env_steps"] == 1200  # the 600..1200 part was trained again
+    assert read_eval_steps(run_dir) == [600, 1200]
+
+
+@pytest.mark.slow
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_how_to_resume(finished_run, tmp_path):
+    import resource
+    import signal
+
+    sizes = [(finished_run / "checkpoints" / name).stat().st_size for name in ("previous.pt", "last.pt")]
+    limit = sum(sizes) // 2  # the 600-step checkpoint fits, the 1200-step one (a fuller replay buffer) does not
+
+    def file_size_limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-m", "rltrain", *SHORT, f"run_root={tmp_path}"], capture_output=True,
+                          text=True, env=env, timeout=600, preexec_fn=file_size_limit)
+    (run_dir,) = [p.parent for p in tmp_path.rglob("config.yaml") if p.parent.name != ".hydra"]
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("rltrain: error")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr
+    assert "File too large" in errors[0] and f"python -m rltrain resume={run_dir}" in errors[0]
+    assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["counters"]["env_steps"] == 600
+    run_cli([f"resume={run_dir}"], tmp_path)
+    assert read_eval_steps(run_dir) == read_eval_steps(finished_run) == [600, 1200]
+
+
+@pytest.mark.slow
+def test_concurrent_runs_with_one_run_directory_name_stay_apart(tmp_path):
+    """Three runs whose run directory resolves to the same name at once (as a timestamp does within a second)."""
+    base = tmp_path / "runs" / "same-second"
+    args = [*SHORT, "trainer.total_env_steps=400", "trainer.eval_every=400", "trainer.checkpoint_every=400",
+            "trainer.eval_episodes=1", "env.eval_num_envs=1", f"hydra.run.dir='${{rltrain_run_dir:${{resume}},{base}}}'"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    procs = {seed: subprocess.Popen([sys.executable, "-m", "rltrain", *args, f"seed={seed}"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in (0, 1, 2)}
+    for proc in procs.values():
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    run_dirs = sorted(base.parent.iterdir())
+    assert [p.name for p in run_dirs] == ["same-second", "same-second-1", "same-second-2"]
+    seeds = set()
+    for run_dir in run_dirs:
+        seeds.add(OmegaConf.load(run_dir / "config.yaml").seed)
+        assert read_eval_steps(run_dir) == [400]
+        assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["counters"]["env_steps"] == 400
+    assert seeds == {0, 1, 2}
