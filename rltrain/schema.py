@@ -320,4 +320,5 @@ def check_group_choice(override: str) -> None:
             continue
         close = difflib.get_close_matches(choice, options, n=3, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ConfigError(f"{group}={choice}: no such option.{hint} Available: {', '.join(options)}")
+        raise ConfigError(f"{group}={choice}: Could not find '{group}/{choice}'.{hint} Available options in "
+                          f"'{group}': {', '.join(options)}")

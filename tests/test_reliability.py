@@ -59,7 +59,8 @@ BAD_VALUES = [
     (["trainer.updates_per_step=0"], "trainer.updates_per_step=0"),
     (["+trainer.total_env_stepz=5"], "unknown key 'trainer.total_env_stepz'"),
     (["+network.actor.num_cellz=[8]"], "unknown key 'network.actor.num_cellz'"),
-    (["dataset=d4rl/hoper"], "Available: d4rl/ant, d4rl/halfcheetah, d4rl/hopper, d4rl/walker2d, minari"),
+    (["dataset=d4rl/hoper"], "Available options in 'dataset': d4rl/ant, d4rl/halfcheetah, d4rl/hopper, d4rl/walker2d, "
+     "minari"),
     (["algo=dqn", "env=cartpole", "algo.exploration.eps_end=1.5"], "algo.exploration.eps_end=1.5"),
     (["algo=td3", "algo.loss.policy_noise=-1"], "algo.loss.policy_noise=-1"),
     (["algo=iql", "dataset=minari", "dataset.id=x/y-v0", "algo.loss.expectile=1"], "algo.loss.expectile=1"),
