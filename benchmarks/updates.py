@@ -538,6 +538,7 @@ def dataset_trainer(overrides: list[str], data: dict[str, torch.Tensor], batch: 
     from rltrain.build import build_agent, build_groups, dataset_sampler as sampler_for, trainer_config
     from rltrain.loggers import ConsoleProgress, CSVLogger, Loggers
     from rltrain.modules import Bounded
+    from rltrain.sources import DatasetSource
     from rltrain.trainer import Trainer
 
     cfg = benchmark_config([*overrides, "dataset=minari", "dataset.id=benchmark/episodes-v0"], batch)
@@ -546,9 +547,9 @@ def dataset_trainer(overrides: list[str], data: dict[str, torch.Tensor], batch: 
     agent = build_agent(cfg, Bounded(-torch.ones(obs_dim) * np.inf, torch.ones(obs_dim) * np.inf), action_spec)
     run_dir = Path("/tmp/rltrain-benchmark")
     loggers = Loggers(CSVLogger(run_dir), ConsoleProgress(1, enabled=False), [])
-    return Trainer(objective=agent.objective, updater=None, groups=build_groups(agent.objective, cfg),
-                   buffer=sampler_for(cfg, episodes_data(data, HandDT.EPISODE), torch.device("cpu")), collector=None,
-                   eval_envs=None, eval_policy=None, loggers=loggers, run_dir=run_dir, config=trainer_config(cfg),
+    sampler = sampler_for(cfg, episodes_data(data, HandDT.EPISODE), torch.device("cpu"))
+    return Trainer(objective=agent.objective, updater=None, groups=build_groups(agent.objective, cfg, "dataset"),
+                   source=DatasetSource(sampler, batch_size=batch, total_updates=1), eval_envs=None, eval_policy=None, loggers=loggers, run_dir=run_dir, config=trainer_config(cfg),
                    device=torch.device("cpu"))
 
 
@@ -574,15 +575,16 @@ def rltrain_trainer(overrides: list[str], data: dict[str, torch.Tensor], batch: 
     """A Trainer built from the configs with the benchmark's sizes; its replay buffer (or, ``offline``,
     its dataset sampler) holds ``data``."""
     from rltrain.build import build_trainer
+    from rltrain.sources import DatasetSource
 
     cfg = benchmark_config([*overrides, "trainer.buffer_size=100000", f"network.actor.num_cells=[{HIDDEN},{HIDDEN}]",
                             f"network.critic.num_cells=[{HIDDEN},{HIDDEN}]"], batch)
     trainer = build_trainer(cfg, Path("/tmp/rltrain-benchmark"))
     if offline:
-        trainer.buffer = dataset_sampler(data)
+        trainer.source = DatasetSource(dataset_sampler(data), batch_size=batch, total_updates=1)
         return trainer
     term = data["term"].bool().unsqueeze(-1)
-    trainer.buffer.extend(TensorDict({
+    trainer.source.buffer.extend(TensorDict({
         "observation": data["obs"], "action": data["act"],
         "next": {"observation": data["next_obs"], "reward": data["rew"].unsqueeze(-1), "terminated": term,
                  "truncated": torch.zeros_like(term), "done": term}}, batch_size=[CAPACITY]))
@@ -610,7 +612,7 @@ def interleaved(fn_a, fn_b, seconds: float, rounds: int) -> tuple[float, float, 
 
 
 def acting(trainer, hand: HandSAC, threads: int, args) -> str:
-    collector = trainer.collector
+    collector = trainer.source.collector
     obs = np.random.default_rng(0).standard_normal(CONTINUOUS["obs"]).astype(np.float32)
 
     def ours():

@@ -15,7 +15,9 @@ from __future__ import annotations
 import copy
 import errno
 import hashlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +32,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rltrain import checkpoint, run_dirs
 from rltrain.errors import ConfigError
 from rltrain.schema import check_group_choice, check_resume_override, validate_config
-from rltrain.trainer import NonFiniteLossError
+from rltrain.trainer import CheckpointFormatError, NonFiniteLossError, StopRequested, check_checkpoint_format
 
 OmegaConf.register_new_resolver("rltrain_run_dir",
                                 lambda resume, default: resume or run_dirs.unique_run_dir(default), replace=True)
@@ -94,9 +96,64 @@ def _resume_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     return cfg
 
 
+STOPPED_EXIT_CODE = 3  # stopped by SIGTERM/SIGINT after writing a checkpoint: the run can be resumed
+INTERRUPTED_EXIT_CODE = 130  # Ctrl-C outside training (or twice): the shell's code for SIGINT
+
+
+class StopOnSignals:
+    """While training: SIGTERM and SIGINT (Ctrl-C) ask the trainer to stop after the current update;
+    it writes a checkpoint and raises :class:`~rltrain.trainer.StopRequested`. A second signal stops
+    at once (the last checkpoint is kept).
+
+    Under submitit (``hydra/launcher=submitit_*``) SIGTERM stays submitit's, and its preemption
+    signal (``SUBMITIT_PREEMPT_SIGNAL``, USR2 by default) stops the trainer the same way; then
+    :meth:`hand_over` calls submitit's own handler, which requeues the job (the launcher's
+    ``checkpoint``) and exits. The requeued job finds its checkpoint and resumes
+    (see ``_hydra_main``).
+    """
+
+    last: StopOnSignals | None = None  # the most recent, for _hydra_main's StopRequested handler
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+        self._submitit_signal = _submitit_preempt_signal()
+
+    def __enter__(self) -> StopOnSignals:
+        signals = {signal.SIGINT, self._submitit_signal} if self._submitit_signal else {signal.SIGTERM, signal.SIGINT}
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in signals}
+        StopOnSignals.last = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped without a new checkpoint")
+        self.received = signum
+        print(f"rltrain: {signal.Signals(signum).name} received: stopping after the current update and writing a "
+              "checkpoint (send it again to stop at once)", file=sys.stderr, flush=True)
+        self.trainer.request_stop()
+
+    def hand_over(self) -> None:
+        """After a stop on submitit's preemption signal: submitit's handler requeues the job and exits."""
+        if self.received is not None and self.received == self._submitit_signal:
+            self._previous[self.received](self.received, None)
+
+
+def _submitit_preempt_signal() -> int | None:
+    """The signal submitit requeues on, when this process is a submitit job."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG"))
+
+
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     """Build everything from ``cfg`` and train; returns the summary."""
-    from rltrain.build import build_trainer
+    from rltrain.build import build_trainer, resolved_config
     from rltrain.envs import seed_everything
 
     state = None
@@ -105,22 +162,23 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     validate_config(cfg, overrides)
     if cfg.resume:
         state, _ = checkpoint.load_latest(run_dir / "checkpoints")
+        check_checkpoint_format(state)
     if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))
     seed_everything(cfg.seed)
     wandb_id = state["loggers"]["wandb_run_id"] if state else None
-    step_key = "env_steps" if cfg.dataset is None else "updates"
     trainer = build_trainer(cfg, run_dir, wandb_run_id=wandb_id,
-                            initial_step=state["counters"][step_key] if state else 0)
+                            initial_step=state["counters"]["position"] if state else 0)
     if state is None:
-        _write_run_files(cfg, run_dir, overrides)
+        _write_run_files(resolved_config(cfg), run_dir, overrides)
     else:
         trainer.load_state_dict(state)
         checkpoint.reapply_optimizer_settings(cfg.algo.optim, trainer.groups)
-        trainer.loggers.csv.truncate_after(trainer.step, "update" if trainer.offline else "env_step")
+        trainer.loggers.csv.truncate_after(trainer.step, trainer.source.clock)
     exit_code = 1
     try:
-        summary = trainer.fit()
+        with StopOnSignals(trainer):
+            summary = trainer.fit()
         trainer.loggers.summary(summary)
         exit_code = 0
     finally:
@@ -265,7 +323,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         if cfg.seeds is not None:
             return run_seeds(cfg, run_dir, overrides)
         summary = run(cfg, run_dir, overrides)
-    except (ConfigError, NonFiniteLossError, checkpoint.NonFiniteStateError, OSError) as err:
+    except StopRequested as stop:
+        print(f"rltrain: {stop}. Resume with: python -m rltrain resume={run_dir}", file=sys.stderr, flush=True)
+        if StopOnSignals.last is not None:
+            StopOnSignals.last.hand_over()
+        if multirun:
+            raise
+        sys.exit(STOPPED_EXIT_CODE)
+    except (ConfigError, NonFiniteLossError, CheckpointFormatError, checkpoint.NonFiniteStateError, OSError) as err:
         if isinstance(err, OSError) and err.errno not in WRITE_ERRNOS:
             raise
         message = _write_failure(err, run_dir) if isinstance(err, OSError) else str(err)
@@ -285,7 +350,11 @@ def main() -> None:
         _check_command_line(sys.argv[1:])
     except ConfigError as err:
         _exit_with_error(str(err), code=2)
-    _hydra_main()
+    try:
+        _hydra_main()
+    except KeyboardInterrupt as err:  # Ctrl-C before training started, or a second one during it
+        _exit_with_error(f"interrupted{f' ({err})' if str(err) else ''}; nothing saved since the last checkpoint",
+                         code=INTERRUPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

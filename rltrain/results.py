@@ -28,7 +28,11 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from rltrain.sources.base import CLOCKS
+
 BOOTSTRAP_SAMPLES = 2000
+AXIS_LABELS = {"env_step": "env steps", "update": "gradient updates",
+               "step": "steps (offline updates, then online env steps)"}
 CONFIDENCE = 0.95
 
 
@@ -40,7 +44,7 @@ class Run:
     algo: str
     task: str
     seed: int
-    offline: bool
+    clock: str            # the eval.csv column of the run's clock: env_step, update or step
     summary: dict | None
 
     @property
@@ -55,13 +59,24 @@ class Run:
         return self.summary.get(key)
 
     def curve(self) -> tuple[str, np.ndarray, np.ndarray, bool]:
-        """(x label, steps, scores, normalized) from ``eval.csv``: updates offline, env steps online."""
+        """(x label, steps, scores, normalized) from ``eval.csv``, against the run's own clock."""
         with (self.path / "eval.csv").open(newline="") as f:
             rows = list(csv.DictReader(f))
-        x_key = "update" if self.offline else "env_step"
+        x_key = self.clock
         normalized = bool(rows) and rows[0].get("normalized_score", "") != ""
         y_key = "normalized_score" if normalized else "return_mean"
         return x_key, np.array([float(r[x_key]) for r in rows]), np.array([float(r[y_key]) for r in rows]), normalized
+
+
+def run_clock(cfg) -> str:
+    """The clock a run counted, from its ``config.yaml``: the source kind it recorded. Runs written
+    before sources existed record none: theirs was updates with a dataset alone, else env steps."""
+    kind = OmegaConf.select(cfg, "source.kind")
+    if kind in CLOCKS:
+        return CLOCKS[kind]
+    algo = cfg.algo
+    learns_offline = cfg.get("dataset") and not algo.get("on_policy") and not algo.get("imitation")
+    return "update" if learns_offline else "env_step"
 
 
 def find_runs(root: str | Path) -> list[Run]:
@@ -77,7 +92,7 @@ def find_runs(root: str | Path) -> list[Run]:
         task = dataset.id if dataset else cfg.env.id
         summary_file = config_file.parent / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
-        runs.append(Run(config_file.parent, str(cfg.algo.name), str(task), int(cfg.seed), bool(dataset), summary))
+        runs.append(Run(config_file.parent, str(cfg.algo.name), str(task), int(cfg.seed), run_clock(cfg), summary))
     return runs
 
 
@@ -235,7 +250,7 @@ def plot_curves(root: str | Path, out_file: str | Path) -> Path:
             ax.plot(grid, mean, label=f"{algo} (n={len(runs)})")
             ax.fill_between(grid, mean - std, mean + std, alpha=0.25)
         ax.set_title(task)
-        ax.set_xlabel("gradient updates" if x_label == "update" else "env steps")
+        ax.set_xlabel(AXIS_LABELS[x_label])
         ax.set_ylabel("normalized score" if normalized else "evaluation return")
         ax.legend(fontsize="small")
     for ax in list(axes.flat)[len(tasks):]:

@@ -125,6 +125,10 @@ RULES: dict[str, Check] = {
     "env.eval_num_envs": COUNT,
     "env.max_episode_steps": COUNT.or_null(),
     "env.kwargs": Check(lambda v: isinstance(v, dict), "a mapping of gymnasium.make arguments"),
+    # the run's mode
+    "source.offline_updates": COUNT,
+    "source.online_env_steps": COUNT,
+    "source.mix": FRACTION.or_null(),
     # networks
     "network.*.num_cells": layer_sizes(),
     "network.*.layer_norm": boolean(),

@@ -1,32 +1,20 @@
-"""The generic Trainer: one loop for every objective, online or offline.
+"""The generic Trainer: one loop for every objective and every mode.
 
-Online (a :class:`~rltrain.collect.Collector` over a vector env, steps = env steps)::
+The mode is the :class:`~rltrain.sources.Source` the Trainer is handed (online replay, a dataset,
+on-policy rollouts, Online DT fine-tuning, offline-to-online). The source owns the clock and the
+collection; the Trainer owns the updates and the periodic work::
 
-    while env_steps < total_env_steps:
-        collect one vector step (random actions during warm-up) -> replay buffer
-        every train_every env steps (after learning_starts), run the updates owed
-        (updates_per_step per env step, all sub-envs counted)
-        every K env steps: evaluate / log / checkpoint
+    while source.position(updates) < source.total:
+        before = source.position(updates)
+        owed = source.advance(updates, ends_interval)   # collect, if the source collects
+        for _ in range(owed):
+            update()
+        every K clock ticks: evaluate / log / checkpoint
 
-Offline (no collector; the source is a dataset sampler, steps = gradient steps)::
+One update::
 
-    while updates < total_updates:
-        one update
-        every K updates: evaluate / log / checkpoint
-
-A dataset sampler may also collect: Online DT's fine-tuning source adds whole episodes to its
-trajectory buffer once pre-training is over (its ``env_steps`` are reported).
-
-On-policy (no collector; the source is a :class:`~rltrain.onpolicy.RolloutSource`, steps = env steps)::
-
-    while env_steps < total_env_steps:
-        collect a rollout (T steps of every env), score it (GAE; GAIL's reward model first)
-        epochs x minibatches updates on it
-        every K env steps: evaluate / log / checkpoint
-
-One update, either way::
-
-    batch = source.sample(batch_size)
+    batch = source.sample()
+    batch = reward_labeler(batch)        # only with a learned reward (GAIL with SAC)
     losses = objective(batch)            # the terms of the groups due now, one forward
     sum(losses).backward()               # one backward: the groups are isolated
     step each optimizer group due now    # e.g. an actor group with every=2
@@ -36,10 +24,10 @@ The Trainer knows the objective only through its contract (``loss_groups``,
 ``group_parameters``); per-algorithm differences are configuration (:class:`TrainerConfig`,
 :class:`OptimizerGroup`, term windows such as CQL's BC warm-up), not subclasses.
 
-Online checkpoints are episode-aligned: at each checkpoint step every training episode is ended as
-*truncated* and the envs restart from a seed derived from ``(seed, env_step)``. A resumed run
-restarts them the same way, so it continues exactly like a run that was never interrupted,
-whatever the environment (MuJoCo simulator state cannot be pickled).
+Checkpoints of collecting sources are episode-aligned: the source ends its training episodes as
+*truncated* on the step that reaches a checkpoint and restarts its envs from a seed derived from
+the clock, and does the same on resume, so a resumed run continues exactly like one never
+interrupted, whatever the environment (MuJoCo simulator state cannot be pickled).
 """
 
 from __future__ import annotations
@@ -55,14 +43,16 @@ import torch
 from torch import nn
 
 from rltrain import checkpoint
-from rltrain.collect import Collector
 from rltrain.envs import derive_seed
 from rltrain.evaluate import evaluate
 from rltrain.loggers import Loggers
 from rltrain.objectives.common import LossModule
 from rltrain.optim import FusedAdamStep, clip_grad_norm_, zero_grads
+from rltrain.sources import Source, crossed
 
 CHECKPOINT_NAME = "last.pt"
+# Version 2: the mode is a Source (its state under "source"), env steps count real transitions.
+CHECKPOINT_FORMAT = 2
 
 
 def normalized_score(episode_return: float, ref_min: float, ref_max: float) -> float:
@@ -76,20 +66,14 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainerConfig:
-    total_env_steps: int = 20_000
-    warmup_steps: int = 1_000
-    learning_starts: int = 1_000
-    updates_per_step: float = 1.0
-    train_every: int = 1
-    batch_size: int = 256
-    buffer_size: int = 1_000_000
+    """What every mode shares; the budget and the collection settings belong to the source."""
+
     eval_every: int = 5_000
     eval_episodes: int = 10
     checkpoint_every: int = 10_000
     log_every: int = 1_000
     updater_every: int = 1
     seed: int = 0
-    total_updates: int = 100_000        # the offline budget (gradient steps)
     policy_snapshots: bool = False      # keep the objective's weights at every evaluation
     # loss term -> [first update, end update) in which it is trained; terms not listed: always.
     term_windows: dict[str, tuple[int, int | None]] = field(default_factory=dict)
@@ -97,6 +81,10 @@ class TrainerConfig:
     def term_active(self, term: str, update: int) -> bool:
         first, end = self.term_windows.get(term, (0, None))
         return first <= update and (end is None or update < end)
+
+
+class StopRequested(Exception):
+    """Training stopped on request (a signal); a checkpoint of the current state was written."""
 
 
 @dataclass
@@ -123,14 +111,8 @@ class OptimizerGroup:
             self.scheduler.step()
 
 
-def _crossed(before: int, after: int, period: int) -> bool:
-    """True if a multiple of ``period`` lies in ``(before, after]``."""
-    return period > 0 and after // period > before // period
-
-
 class Trainer:
-    """Training of ``objective``, online from ``collector`` or, with ``collector=None``, offline from a
-    dataset sampler given as ``buffer`` (see the module docstring for the loop).
+    """Training of ``objective`` on the batches of ``source`` (see the module docstring for the loop).
 
     ``eval_policy`` is one policy or a dict ``{label: policy}`` (a Decision Transformer conditioned on
     several target returns): each is evaluated; the first gives the headline result and the others
@@ -138,18 +120,18 @@ class Trainer:
 
     ``score_refs = (ref_min, ref_max)`` adds the normalized score ``100 (R - ref_min) / (ref_max - ref_min)``
     to every evaluation. ``normalizer`` (observation normalization, applied by ``eval_policy``) is
-    saved in checkpoints and policy snapshots.
+    saved in checkpoints and policy snapshots. ``reward_labeler`` (GAIL with an off-policy learner)
+    trains a reward model and relabels each batch before the objective sees it.
     """
 
-    def __init__(self, *, objective: LossModule, updater, groups: list[OptimizerGroup], buffer,
-                 collector: Collector | None, eval_envs, eval_policy, loggers: Loggers, run_dir: Path,
-                 config: TrainerConfig, device: torch.device, score_refs: tuple[float, float] | None = None,
-                 normalizer: nn.Module | None = None):
+    def __init__(self, *, objective: LossModule, updater, groups: list[OptimizerGroup], source: Source,
+                 eval_envs, eval_policy, loggers: Loggers, run_dir: Path, config: TrainerConfig,
+                 device: torch.device, score_refs: tuple[float, float] | None = None,
+                 normalizer: nn.Module | None = None, reward_labeler=None):
         self.objective = objective
         self.updater = updater
         self.groups = groups
-        self.buffer = buffer
-        self.collector = collector
+        self.source = source
         self.eval_envs = eval_envs
         self.eval_policy = eval_policy
         self.loggers = loggers
@@ -158,36 +140,40 @@ class Trainer:
         self.device = device
         self.score_refs = score_refs
         self.normalizer = normalizer
+        self.reward_labeler = reward_labeler
         self.loss_keys = list(objective.loss_groups)
-        self.env_steps = 0
         self.updates = 0
-        self._owed_updates = 0.0
         self._elapsed = 0.0
         self._start = time.perf_counter()
         self.last_eval: dict | None = None
         self.best_eval: dict | None = None
+        self.phase_evals: dict[str, dict] = {}
         self._last_losses = None
+        self._stop_requested = False
         self._interval = {"time": time.perf_counter(), "updates": 0, "env_steps": 0}
         self._check_every_update = device.type == "cpu"
-        self.on_policy = collector is None and hasattr(buffer, "updates_per_rollout")
 
     @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoints" / CHECKPOINT_NAME
 
     @property
-    def offline(self) -> bool:
-        """Steps count gradient updates (a dataset, possibly with online fine-tuning)."""
-        return self.collector is None and not self.on_policy
+    def env_steps(self) -> int:
+        return self.source.env_steps
 
     @property
     def step(self) -> int:
-        """The schedule's clock: env steps online, gradient steps offline."""
-        return self.updates if self.offline else self.env_steps
+        """The source's clock."""
+        return self.source.position(self.updates)
 
     @property
     def total_steps(self) -> int:
-        return self.config.total_updates if self.offline else self.config.total_env_steps
+        return self.source.total
+
+    def request_stop(self) -> None:
+        """Stop after the current update: write a checkpoint, then raise :class:`StopRequested`
+        (safe to call from a signal handler)."""
+        self._stop_requested = True
 
     # ---- the update step (hot path: no host sync but the CPU finiteness check) -------------------
     def update(self) -> None:
@@ -197,7 +183,9 @@ class Trainer:
         if not terms:  # every group waits for a later step (all `every` > 1)
             self.updates = step
             return
-        batch = self.buffer.sample(self.config.batch_size)
+        batch = self.source.sample()
+        if self.reward_labeler is not None:
+            batch = self.reward_labeler(batch)
         every_term = len(terms) == len(self.loss_keys)
         losses = self.objective(batch) if every_term else self.objective.forward_terms(batch, terms)
         total = sum(losses.get(k) for k in terms if k in losses.keys())
@@ -240,82 +228,48 @@ class Trainer:
             "environment's rewards.")
 
     # ---- the loop -----------------------------------------------------------------------------
+    def ends_interval(self, before: int, after: int) -> bool:
+        """Whether the clock's move from ``before`` to ``after`` reaches a checkpoint or the end."""
+        return crossed(before, after, self.config.checkpoint_every) or after >= self.source.total
+
     def fit(self) -> dict:
         self._start = time.perf_counter() - self._elapsed
         self.loggers.console.advance(self.step)
-        if self.on_policy:
-            self._fit_on_policy()
-        elif self.offline:
-            self._fit_offline()
-        else:
-            self._fit_online()
-        return self.summary()
+        source = self.source
+        while source.position(self.updates) < source.total:
+            stop = self._stop_requested  # read once: the source and the checkpoint agree on it
 
-    def _fit_online(self) -> None:
-        cfg = self.config
-        num_envs = self.collector.num_envs
-        while self.env_steps < cfg.total_env_steps:
-            before = self.env_steps
-            after = before + num_envs
-            at_checkpoint = _crossed(before, after, cfg.checkpoint_every) or after >= cfg.total_env_steps
-            transitions = self.collector.step(random=before < cfg.warmup_steps, end_episodes=at_checkpoint,
-                                              env_step=before)
-            self.buffer.extend(transitions)
-            self.env_steps = after
-            self._run_owed_updates(before, after)
-            self._periodic(before, after, at_checkpoint)
+            def ends(before: int, after: int) -> bool:
+                return stop or self.ends_interval(before, after)
 
-    def _fit_offline(self) -> None:
-        cfg = self.config
-        while self.updates < cfg.total_updates:
-            before = self.updates
-            self.update()
-            self.env_steps = getattr(self.buffer, "env_steps", 0)
-            after = self.updates
-            self._periodic(before, after, _crossed(before, after, cfg.checkpoint_every) or after >= cfg.total_updates)
-
-    def _fit_on_policy(self) -> None:
-        cfg = self.config
-        while self.env_steps < cfg.total_env_steps:
-            before = self.env_steps
-            self.env_steps += self.buffer.collect()
-            for _ in range(self.buffer.updates_per_rollout):
+            before = source.position(self.updates)
+            for _ in range(source.advance(self.updates, ends)):
                 self.update()
-            after = self.env_steps
-            self._periodic(before, after, _crossed(before, after, cfg.checkpoint_every) or after >= cfg.total_env_steps)
+            after = source.position(self.updates)
+            self._periodic(before, after, ends(before, after))
+            if stop:
+                raise StopRequested(f"stopped on request at {source.clock} {after}; checkpoint written to "
+                                    f"{self.checkpoint_path}")
+        return self.summary()
 
     def _periodic(self, before: int, after: int, at_checkpoint: bool) -> None:
         """Progress, evaluation, logging and checkpoints due when the clock moved from ``before`` to ``after``."""
         cfg = self.config
         self.loggers.console.advance(after)
         self._elapsed = time.perf_counter() - self._start
-        if _crossed(before, after, cfg.eval_every) or after >= self.total_steps:
+        if crossed(before, after, cfg.eval_every) or after >= self.total_steps:
             self._evaluate()
-        if _crossed(before, after, cfg.log_every):
+        if crossed(before, after, cfg.log_every):
             self._verify_finite()
             self._log_train()
         if at_checkpoint:
             self._verify_finite()
-            self._restart_episodes()
             self.save_checkpoint()
 
-    def _restart_episodes(self) -> None:
-        """Checkpoints are episode-aligned: training envs restart from a seed derived from the env step."""
-        if self.collector is not None:
-            self.collector.reset(derive_seed(self.config.seed, self.env_steps, 1))
-        elif self.on_policy:
-            self.buffer.reset(derive_seed(self.config.seed, self.env_steps, 1))
-
-    def _run_owed_updates(self, before: int, after: int) -> None:
-        """``updates_per_step`` updates per env step, run in bursts every ``train_every`` env steps."""
-        if after <= self.config.learning_starts or len(self.buffer) < self.config.batch_size:
-            return
-        self._owed_updates += self.config.updates_per_step * (after - before)
-        if not _crossed(before, after, self.config.train_every):
-            return
-        while self._owed_updates >= 1.0:
-            self.update()
-            self._owed_updates -= 1.0
+    def _row(self) -> dict:
+        """The clock columns every train and eval row starts with."""
+        return {"env_step": self.env_steps, "update": self.updates, self.source.clock: self.step,
+                **self.source.log_fields(self.updates)}
 
     def _evaluate_policy(self, policy) -> dict:
         result = evaluate(self.eval_envs, policy, self.config.eval_episodes,
@@ -332,66 +286,68 @@ class Trainer:
         result = dict(next(iter(results.values())))
         for label, other in list(results.items())[1:]:
             result |= {f"{label}/{key}": other[key] for key in ("return_mean", "normalized_score") if key in other}
-        self.last_eval = {"env_step": self.env_steps, "update": self.updates, **result,
-                          "time": round(self._elapsed, 3)}
+        self.last_eval = {**self._row(), **result, "time": round(self._elapsed, 3)}
+        if "phase" in self.last_eval:
+            self.phase_evals[self.last_eval["phase"]] = self.last_eval
         if self.best_eval is None or result["return_mean"] > self.best_eval["return_mean"]:
             self.best_eval = self.last_eval
         self.loggers.log_eval(self.last_eval)
         if self.config.policy_snapshots:
             self._save_snapshot()
 
+    def _policy_state(self) -> dict:
+        """The objective's weights (and normalizer) with the last evaluation's result."""
+        return {"objective": self.objective.state_dict(), "eval": self.last_eval,
+                "normalizer": self.normalizer.state_dict() if self.normalizer is not None else None,
+                "buffer_size": self.source.stored()}
+
     def _save_snapshot(self) -> None:
-        """The objective's weights (and normalizer) at this evaluation, with its result: datasets of a
-        chosen quality are collected from these (``python -m rltrain.make_dataset``)."""
-        snapshot = {"objective": self.objective.state_dict(), "eval": self.last_eval,
-                    "normalizer": self.normalizer.state_dict() if self.normalizer is not None else None,
-                    "buffer_size": len(self.buffer)}
-        checkpoint.save_atomic(snapshot, self.run_dir / "checkpoints" / f"policy_{self.step:09d}.pt")
+        """The policy at this evaluation: datasets of a chosen quality are collected from these
+        (``python -m rltrain.make_dataset``)."""
+        checkpoint.save_atomic(self._policy_state(), self.run_dir / "checkpoints" / f"policy_{self.step:09d}.pt")
 
     def _log_train(self) -> None:
         now = time.perf_counter()
         dt = max(now - self._interval["time"], 1e-9)
-        metrics = {"env_step": self.env_steps, "update": self.updates, "time": round(self._elapsed, 3),
+        metrics = {**self._row(), "time": round(self._elapsed, 3),
                    "updates_per_s": (self.updates - self._interval["updates"]) / dt,
-                   "env_steps_per_s": (self.env_steps - self._interval["env_steps"]) / dt,
-                   "buffer_size": len(self.buffer)}
-        if self.offline and not self.env_steps:
-            del metrics["env_steps_per_s"]
+                   "buffer_size": self.source.stored()}
+        if self.env_steps:
+            metrics["env_steps_per_s"] = (self.env_steps - self._interval["env_steps"]) / dt
         self._interval = {"time": now, "updates": self.updates, "env_steps": self.env_steps}
         if self._last_losses is not None:
             metrics.update({k: float(v.detach()) for k, v in self._last_losses.items() if v.numel() == 1})
-        source = self._episode_source()
-        episodes = source.pop_finished_episodes() if source is not None else []
+        if self.reward_labeler is not None and self.reward_labeler.last_losses is not None:
+            metrics.update({f"reward_model/{k}": float(v) for k, v in self.reward_labeler.last_losses.items()
+                            if v.numel() == 1})
+        episodes = self.source.pop_finished_episodes()
         if episodes:
             metrics["episode_return"] = float(np.mean([r for r, _ in episodes]))
             metrics["episode_length"] = float(np.mean([n for _, n in episodes]))
         self.loggers.log_train(metrics)
 
-    def _episode_source(self):
-        """Whatever reports finished training episodes: the collector, a rollout or fine-tuning source."""
-        if self.collector is not None:
-            return self.collector
-        return self.buffer if hasattr(self.buffer, "pop_finished_episodes") else None
-
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
+            "format": CHECKPOINT_FORMAT,
             "objective": self.objective.state_dict(),
             "optimizers": {g.name: g.optimizer.state_dict() for g in self.groups},
             "schedulers": {g.name: g.scheduler.state_dict() for g in self.groups if g.scheduler is not None},
             "updater": self.updater.state_dict() if self.updater is not None else {},
-            "buffer": self.buffer.state_dict(),
-            "collector_rng": None if self.collector is None else self.collector.rng.bit_generator.state,
+            "source": self.source.state_dict(),
+            "reward_labeler": None if self.reward_labeler is None else self.reward_labeler.state_dict(),
             "normalizer": self.normalizer.state_dict() if self.normalizer is not None else None,
             "rng": checkpoint.rng_state(),
-            "counters": {"env_steps": self.env_steps, "updates": self.updates,
-                         "owed_updates": self._owed_updates, "elapsed": self._elapsed},
+            "counters": {"updates": self.updates, "elapsed": self._elapsed, "position": self.step,
+                         "env_steps": self.env_steps},
             "last_eval": self.last_eval,
             "best_eval": self.best_eval,
+            "phase_evals": self.phase_evals,
             "loggers": self.loggers.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
+        check_checkpoint_format(state)
         self.objective.load_state_dict(state["objective"])
         for group in self.groups:
             group.optimizer.load_state_dict(state["optimizers"][group.name])
@@ -399,16 +355,15 @@ class Trainer:
                 group.scheduler.load_state_dict(state["schedulers"][group.name])
         if self.updater is not None:
             self.updater.load_state_dict(state["updater"])
-        self.buffer.load_state_dict(state["buffer"])
+        if self.reward_labeler is not None:
+            self.reward_labeler.load_state_dict(state["reward_labeler"])
         if self.normalizer is not None:
             self.normalizer.load_state_dict(state["normalizer"])
         counters = state["counters"]
-        self.env_steps, self.updates = counters["env_steps"], counters["updates"]
-        self._owed_updates, self._elapsed = counters["owed_updates"], counters["elapsed"]
-        self.last_eval, self.best_eval = state["last_eval"], state.get("best_eval")  # older checkpoints lack it
-        if self.collector is not None:
-            self.collector.rng.bit_generator.state = state["collector_rng"]
-        self._restart_episodes()
+        self.updates, self._elapsed = counters["updates"], counters["elapsed"]
+        self.last_eval, self.best_eval = state["last_eval"], state["best_eval"]
+        self.phase_evals = state["phase_evals"]
+        self.source.load_state_dict(state["source"])  # restarts the source's envs, as at the checkpoint
         checkpoint.set_rng_state(state["rng"])
         self._interval = {"time": time.perf_counter(), "updates": self.updates, "env_steps": self.env_steps}
 
@@ -421,14 +376,19 @@ class Trainer:
             "final_eval_return": final.get("return_mean"),
             "final_eval_return_std": final.get("return_std"),
             "best_eval_return": best.get("return_mean"),
-            "best_eval_step": best.get("update" if self.offline else "env_step"),
+            "best_eval_step": best.get(self.source.clock),
         }
         if self.score_refs is not None:
             summary |= {"final_normalized_score": final.get("normalized_score"),
                         "best_normalized_score": best.get("normalized_score"),
                         "ref_min_score": self.score_refs[0], "ref_max_score": self.score_refs[1]}
+        for phase, row in self.phase_evals.items():
+            summary[f"final_{phase}_eval_return"] = row["return_mean"]
+            if "normalized_score" in row:
+                summary[f"final_{phase}_normalized_score"] = row["normalized_score"]
         summary |= {
-            "mode": "on-policy" if self.on_policy else "offline" if self.offline else "online",
+            "mode": self.source.kind,
+            "clock": self.source.clock,
             "env_steps": self.env_steps,
             "updates": self.updates,
             "time_s": round(self._elapsed, 1),
@@ -436,3 +396,17 @@ class Trainer:
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+
+class CheckpointFormatError(RuntimeError):
+    """A checkpoint written by an rltrain whose checkpoint layout this one cannot read."""
+
+
+def check_checkpoint_format(state: dict) -> None:
+    version = state.get("format", 1)
+    if version != CHECKPOINT_FORMAT:
+        raise CheckpointFormatError(
+            f"this checkpoint has format {version}; this rltrain reads format {CHECKPOINT_FORMAT} (format 1 "
+            "predates run modes as Sources and counted env steps differently, so its counters cannot be "
+            "carried over exactly). Resume it with the rltrain version that wrote it (git_commit.txt in the "
+            "run directory names the commit), or start a new run.")

@@ -72,7 +72,9 @@ TINY_DT = ["algo.model={embed_dim:16,n_layer:1,n_head:1,inner_dim:32,dropout:0.1
       "algo.steps_per_env=250"], "env_steps"),                                     # its optimizer
     (["algo=online_dt", "dataset=minari", "dataset.id=rltrain-test/pendulum/tiny-v0", *TINY_DT,  # trajectory
       "algo.pretrain_updates=500", "algo.updates_per_episode=400", "trainer.total_updates=1500"], "updates"),
-], ids=["sac", "dqn", "iql-offline", "ppo", "gail", "online_dt"])
+    (["algo=iql", "dataset=minari", "dataset.id=rltrain-test/pendulum/tiny-v0", "source=offline_to_online",
+      "source.offline_updates=1500", "source.online_env_steps=1500"], "position"),  # killed offline, resumed
+], ids=["sac", "dqn", "iql-offline", "ppo", "gail", "online_dt", "offline-to-online"])          # across the switch
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path, algo, counter, tiny_datasets):
     """Online DT's episodes (buffer, env seeds, sampling noise), warm-up schedule and alpha resume too."""
     args = [*SHORT, *algo, "trainer.total_env_steps=3000", "trainer.checkpoint_every=1000",

@@ -35,11 +35,9 @@ def compose_config(*overrides: str):
 
 def build(tmp_path, *overrides: str):
     trainer = build_trainer(compose_config(*overrides, *SMALL), tmp_path)
-    if trainer.on_policy:
-        trainer.buffer.collect()
-    elif not trainer.offline:
-        for _ in range(3):
-            trainer.buffer.extend(trainer.collector.step(random=False))
+    advances = {"replay": 3, "rollout": 1}.get(trainer.source.kind, 0)
+    for _ in range(advances):
+        trainer.source.advance(0, lambda before, after: False)
     return trainer
 
 
@@ -52,8 +50,8 @@ def test_the_required_configs_exist():
 def test_env_config_builds_and_collects(env, tmp_path):
     algo = "dqn" if env in DISCRETE_ENVS else "sac"
     trainer = build(tmp_path, f"env={env}", f"algo={algo}")
-    obs_dim = trainer.collector.envs.single_observation_space.shape[0]
-    assert trainer.buffer.sample(2)["observation"].shape == (2, obs_dim)
+    obs_dim = trainer.source.collector.envs.single_observation_space.shape[0]
+    assert trainer.source.buffer.sample(2)["observation"].shape == (2, obs_dim)
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -65,8 +63,9 @@ def test_algo_config_builds_and_updates(algo, tmp_path, request):
     if algo in ON_POLICY_ALGOS:
         source.append("algo.steps_per_env=8")
     trainer = build(tmp_path, f"algo={algo}", *source, "trainer.batch_size=3")
-    assert trainer.offline == (algo in OFFLINE_ALGOS)
-    assert trainer.on_policy == (algo in ON_POLICY_ALGOS)
+    expected = "rollout" if algo in ON_POLICY_ALGOS else "finetune" if algo == "online_dt" else \
+        "dataset" if algo in OFFLINE_ALGOS else "replay"
+    assert trainer.source.kind == expected
     trainer.update()
     assert trainer.updates == 1
     assert {g.name for g in trainer.groups} == set(trainer.objective.parameter_groups)

@@ -19,13 +19,14 @@ from torch import nn
 
 from rltrain.data.minari_data import OfflineData
 from rltrain.data.trajectory import (
-    ContextTooLongError, OnlineFinetuneSource, TrajectoryBuffer, check_context_fits, returns_to_go,
+    ContextTooLongError, TrajectoryBuffer, check_context_fits, returns_to_go,
 )
 from rltrain.errors import ConfigError
 from rltrain.evaluate import evaluate
 from rltrain.modules.specs import Bounded
 from rltrain.modules.transformer import DecisionTransformer, DTActor, DTPolicy, OnlineDTActor
 from rltrain.objectives.decision_transformer import DTLoss, OnlineDTLoss
+from rltrain.sources import FinetuneSource
 from tests.helpers import check_isolation, check_sum_trains_everything, tanh_normal_by_hand
 
 OBS, ACT, T = 2, 1, 4
@@ -493,7 +494,7 @@ def test_dt_policy_modes_and_the_evaluator_protocol():
 PENDULUM_STEPS = 12
 
 
-def pendulum_source(actor: OnlineDTActor, normalizer, seed: int = 0) -> OnlineFinetuneSource:
+def pendulum_source(actor: OnlineDTActor, normalizer, seed: int = 0) -> FinetuneSource:
     envs = gym.vector.SyncVectorEnv([lambda: gym.make("Pendulum-v1", max_episode_steps=PENDULUM_STEPS)] * 2)
     g = torch.Generator().manual_seed(1)
     lengths = [PENDULUM_STEPS, PENDULUM_STEPS]
@@ -502,8 +503,14 @@ def pendulum_source(actor: OnlineDTActor, normalizer, seed: int = 0) -> OnlineFi
                               capacity=6, seed=seed)
     policy = DTPolicy(actor, target_return=-5.0, rtg_scale=0.1, context_len=T, max_ep_len=50,
                       normalizer=normalizer, deterministic=False)
-    return OnlineFinetuneSource(buffer, envs, policy, pretrain_updates=2, updates_per_episode=3,
-                                episodes_per_collect=3, seed=seed, module=actor)
+    return FinetuneSource(buffer, envs, policy, batch_size=4, pretrain_updates=2, updates_per_episode=3,
+                          episodes_per_collect=3, seed=seed, module=actor)
+
+
+def draw(source: FinetuneSource):
+    """One update's worth: advance (collecting when due), then a batch."""
+    assert source.advance() == 1
+    return source.sample()
 
 
 def test_online_finetune_source_collects_whole_episodes_and_resumes_identically():
@@ -513,10 +520,10 @@ def test_online_finetune_source_collects_whole_episodes_and_resumes_identically(
     actor.transformer.register_forward_pre_hook(lambda module, args: modes.append(module.training))
     normalizer = lambda obs: obs / 2  # noqa: E731
     source = pendulum_source(actor, normalizer)
-    source.sample(4)
-    source.sample(4)
+    draw(source)
+    draw(source)
     assert source.episodes_collected == 0 and source.env_steps == 0 and not modes
-    source.sample(4)  # the third sample starts fine-tuning: 3 episodes on 2 envs (two rounds)
+    draw(source)  # the third sample starts fine-tuning: 3 episodes on 2 envs (two rounds)
     assert source.episodes_collected == 3 and source.env_steps == 3 * PENDULUM_STEPS
     assert modes and not any(modes) and actor.training  # eval while collecting, train mode restored
     finished = source.pop_finished_episodes()
@@ -534,7 +541,7 @@ def test_online_finetune_source_collects_whole_episodes_and_resumes_identically(
     state = source.state_dict()
     saved = io.BytesIO()
     torch.save(state, saved)
-    continued = [source.sample(4) for _ in range(4)]
+    continued = [draw(source) for _ in range(4)]
     assert source.episodes_collected == 6 and source.env_steps == 6 * PENDULUM_STEPS
     assert buffer.num_episodes == 6
 
@@ -543,7 +550,7 @@ def test_online_finetune_source_collects_whole_episodes_and_resumes_identically(
     resumed = pendulum_source(actor, normalizer)
     resumed.load_state_dict(torch.load(saved))
     assert resumed.env_steps == 3 * PENDULUM_STEPS and resumed.samples_drawn == 3
-    again = [resumed.sample(4) for _ in range(4)]
+    again = [draw(resumed) for _ in range(4)]
     assert all(torch.equal(a[k], b[k]) for a, b in zip(continued, again) for k in a.keys())
     assert resumed.pop_finished_episodes() == source.pop_finished_episodes()
 
@@ -553,7 +560,7 @@ def test_online_finetune_source_arguments_checked():
     source = pendulum_source(OnlineDTActor(transformer(obs_dim=3), spec(-2.0, 2.0)), None)
     source.envs.close()
     with pytest.raises(ValueError, match="deterministic=False"):
-        OnlineFinetuneSource(source.buffer, source.envs, DTPolicy(actor, 1.0, 1.0, T, 50), pretrain_updates=0,
+        FinetuneSource(source.buffer, source.envs, DTPolicy(actor, 1.0, 1.0, T, 50), pretrain_updates=0,
                              updates_per_episode=1)
     with pytest.raises(ValueError, match="updates_per_episode"):
-        OnlineFinetuneSource(source.buffer, source.envs, source.policy, pretrain_updates=0, updates_per_episode=0)
+        FinetuneSource(source.buffer, source.envs, source.policy, pretrain_updates=0, updates_per_episode=0)

@@ -114,7 +114,7 @@ def test_offline_run_reports_normalized_scores_and_keeps_the_dataset_intact(tmp_
     before = file_hashes(minari_session_root / "rltrain-test" / "pendulum")
     trainer = build_trainer(offline(tiny_datasets["pendulum"], "algo=iql"), tmp_path)
     summary = trainer.fit()
-    assert trainer.updates == 20 and trainer.env_steps == 0 and summary["mode"] == "offline"
+    assert trainer.updates == 20 and trainer.env_steps == 0 and summary["mode"] == "dataset"
     ret = trainer.last_eval["return_mean"]
     assert trainer.last_eval["normalized_score"] == pytest.approx(100 * (ret + 1200.0) / (-150.0 + 1200.0))
     assert summary["final_normalized_score"] == trainer.last_eval["normalized_score"]
@@ -130,7 +130,7 @@ def test_normalizer_is_stored_applied_at_evaluation_and_restored(tmp_path, tiny_
     data = to_offline_data(load_minari(tiny_datasets["pendulum"], download=False))
     raw = data.observations[data.obs_index]
     assert torch.allclose(trainer.normalizer.mean, raw.mean(0), atol=1e-5)
-    batch = trainer.buffer.sample(64)
+    batch = trainer.source.sampler.sample(64)
     assert batch["observation"].mean(0).abs().max() < 0.5  # the sampler serves normalized observations
     trainer.fit()
     saved = load(trainer.checkpoint_path)["normalizer"]
@@ -153,8 +153,8 @@ def test_normalization_and_reward_transform_are_switches(tmp_path, tiny_datasets
     assert torch.equal(plain.normalizer.mean, torch.zeros(3)) and torch.equal(plain.normalizer.std, torch.ones(3))
     returns = data.episode_returns
     factor = 1000.0 / float(returns.max() - returns.min())
-    assert torch.allclose(scaled.buffer._rewards.squeeze(-1), data.rewards * factor, rtol=1e-5)
-    assert torch.equal(plain.buffer._rewards.squeeze(-1), data.rewards)
+    assert torch.allclose(scaled.source.sampler._rewards.squeeze(-1), data.rewards * factor, rtol=1e-5)
+    assert torch.equal(plain.source.sampler._rewards.squeeze(-1), data.rewards)
 
 
 def test_cql_bc_warmup_window_trains_loss_actor_bc_first(tmp_path, tiny_datasets):

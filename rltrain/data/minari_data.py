@@ -48,6 +48,7 @@ from minari.storage.datasets_root_dir import get_dataset_path
 from tensordict import TensorDict
 
 from rltrain.envs import check_env_id
+from rltrain.data.mc_returns import discounted_returns
 from rltrain.errors import ConfigError
 
 METADATA_FILE = "metadata.json"
@@ -441,9 +442,12 @@ class TransitionSampler:
         data: the transitions.
         device: the training device.
         seed: seed of the sampler's own generator.
+        mc_return_gamma: also serve each transition's Monte-Carlo return ``mc_return`` ``[B, 1]`` with
+            this discount (:mod:`rltrain.data.mc_returns`; Cal-QL).
     """
 
-    def __init__(self, data: OfflineData, device: torch.device | str = "cpu", seed: int = 0):
+    def __init__(self, data: OfflineData, device: torch.device | str = "cpu", seed: int = 0,
+                 mc_return_gamma: float | None = None):
         if len(data) == 0:
             raise DatasetError(f"dataset {data.dataset_id!r} has no transitions to sample")
         self.device = torch.device(device)
@@ -455,6 +459,10 @@ class TransitionSampler:
         self._terminated = data.terminated.unsqueeze(-1).to(self.device)
         self._truncated = data.truncated.unsqueeze(-1).to(self.device)
         self._done = self._terminated | self._truncated
+        self._mc_returns = None
+        if mc_return_gamma is not None:
+            self._mc_returns = discounted_returns(data.rewards, data.episode_starts, data.episode_lengths,
+                                                  mc_return_gamma).unsqueeze(-1).to(self.device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
@@ -464,8 +472,12 @@ class TransitionSampler:
     def sample(self, batch_size: int) -> TensorDict:
         """``batch_size`` transitions drawn uniformly with replacement."""
         index = torch.randint(self._size, (batch_size,), device=self.device, generator=self.generator)
+        return self.transitions(index)
+
+    def transitions(self, index: torch.Tensor) -> TensorDict:
+        """The transitions at rows ``index`` ``[B]``."""
         rows = self._obs_index.index_select(0, index)
-        return TensorDict({
+        batch = TensorDict({
             "observation": self._observations.index_select(0, rows),
             "action": self._actions.index_select(0, index),
             "next": {
@@ -475,7 +487,10 @@ class TransitionSampler:
                 "truncated": self._truncated.index_select(0, index),
                 "done": self._done.index_select(0, index),
             },
-        }, batch_size=[batch_size], device=self.device)
+        }, batch_size=[index.shape[0]], device=self.device)
+        if self._mc_returns is not None:
+            batch.set("mc_return", self._mc_returns.index_select(0, index))
+        return batch
 
     def state_dict(self) -> dict:
         """The generator state only: the data is re-read from the dataset on resume."""

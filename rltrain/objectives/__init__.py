@@ -2,6 +2,7 @@
 
 from rltrain.objectives.act import ACTLoss
 from rltrain.objectives.bc import BCLoss
+from rltrain.objectives.cal_ql import CalQLLoss
 from rltrain.objectives.common import LossModule, ValueEstimators, distance_loss, reduce_loss, td0_target
 from rltrain.objectives.cql import CQLLoss, DiscreteCQLLoss
 from rltrain.objectives.crossq import CrossQLoss
@@ -28,6 +29,7 @@ register_objective("c51")(DistributionalDQNLoss)
 register_objective("iql")(IQLLoss)
 register_objective("discrete_iql")(DiscreteIQLLoss)
 register_objective("cql")(CQLLoss)
+register_objective("cal_ql")(CalQLLoss)
 register_objective("discrete_cql")(DiscreteCQLLoss)
 register_objective("td3bc")(TD3BCLoss)
 register_objective("bc")(BCLoss)
@@ -39,7 +41,8 @@ register_objective("online_dt")(OnlineDTLoss)
 register_objective("gail")(GAILLoss)
 
 __all__ = [
-    "ACTLoss", "BCLoss", "DTLoss", "OnlineDTLoss", "ClipPPOLoss", "DiffusionBCLoss", "GAILLoss", "PPOLoss", "gail_reward",
+    "ACTLoss", "BCLoss", "CalQLLoss", "DTLoss", "OnlineDTLoss", "ClipPPOLoss", "DiffusionBCLoss", "GAILLoss",
+    "PPOLoss", "gail_reward",
     "generalized_advantage_estimate", "CQLLoss", "DiscreteCQLLoss", "DiscreteIQLLoss", "IQLLoss", "TD3BCLoss",
     "CrossQLoss", "DDPGLoss", "DQNLoss", "DistributionalDQNLoss", "LossModule", "REDQLoss", "SACLoss", "TD3Loss",
     "ValueEstimators", "distance_loss", "get_objective", "reduce_loss", "register_objective",

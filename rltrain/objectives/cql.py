@@ -289,6 +289,11 @@ class CQLLoss(SACLoss):
         pred, q_sampled = self._current_q(batch, batch.get(self._tensor_keys.action), actions)
         return cql_gap(q_sampled, log_density, pred, self.temperature)
 
+    def bound_policy_values(self, batch: TensorDictBase, q_sampled: torch.Tensor) -> torch.Tensor:
+        """The penalty's Q-values ``[K, 3N, *B]`` before the logsumexp: as they are (Cal-QL bounds the
+        policy samples' from below)."""
+        return q_sampled
+
     def _current_q(self, batch: TensorDictBase, action: torch.Tensor,
                    sampled: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``Q_k(s, a)`` ``[K, *B]`` and, with ``sampled`` ``[M, *B, D]``, ``Q_k(s, a_j)`` ``[K, M, *B]``,
@@ -346,6 +351,7 @@ class CQLLoss(SACLoss):
             out["loss_qvalue"] = self._reduce(self._distance(pred, target.expand_as(pred)).sum(0))
             batch.set(keys.priority, (pred.detach() - target).pow(2).max(0).values.unsqueeze(-1))
         if penalty:
+            q_sampled = self.bound_policy_values(batch, q_sampled)
             weighted_gap = self.min_q_weight * cql_gap(q_sampled, log_density, pred, self.temperature)
             batch.set(keys.cql_q1_loss, weighted_gap[0].detach().unsqueeze(-1))
             batch.set(keys.cql_q2_loss, weighted_gap[1].detach().unsqueeze(-1))
