@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -155,6 +154,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     """Build everything from ``cfg`` and train; returns the summary."""
     from rltrain.build import build_trainer, resolved_config
     from rltrain.envs import seed_everything
+    from rltrain.threads import configure_torch_threads
 
     state = None
     if cfg.resume:
@@ -163,8 +163,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     if cfg.resume:
         state, _ = checkpoint.load_latest(run_dir / "checkpoints")
         check_checkpoint_format(state)
-    if cfg.torch_threads:
-        torch.set_num_threads(int(cfg.torch_threads))
+    configure_torch_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     wandb_id = state["loggers"]["wandb_run_id"] if state else None
     trainer = build_trainer(cfg, run_dir, wandb_run_id=wandb_id,

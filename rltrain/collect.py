@@ -4,6 +4,9 @@ Each call to :meth:`Collector.step` advances every env once and returns the vali
 TensorDict with the keys of DESIGN.md's data contract. A sub-env that ended its episode on the
 previous step is being auto-reset on this one (gymnasium's NEXT_STEP mode); its step is dropped,
 so no transition spans an episode boundary. Terminated and truncated stay separate.
+
+Observations keep their kind: uint8 frames stay uint8 (the encoder scales them on the training
+device), everything else becomes float32 (see :func:`observation_tensor`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,16 @@ import gymnasium as gym
 import numpy as np
 import torch
 from tensordict import TensorDict
+
+
+def observation_dtype(array: np.ndarray) -> torch.dtype:
+    """uint8 (frames, MinAtar channels) stays uint8; any other observation is float32."""
+    return torch.uint8 if np.asarray(array).dtype == np.uint8 else torch.float32
+
+
+def observation_tensor(obs: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
+    """A batch of env observations as the tensor policies read (dtype from :func:`observation_dtype`)."""
+    return torch.as_tensor(obs, dtype=observation_dtype(obs), device=device)
 
 
 class Collector:
@@ -59,8 +72,7 @@ class Collector:
 
     @torch.no_grad()
     def _policy_actions(self, env_step: int) -> np.ndarray:
-        obs = torch.as_tensor(self._obs, dtype=torch.float32, device=self.device)
-        action = self.policy(obs)
+        action = self.policy(observation_tensor(self._obs, self.device))
         if self.exploration is not None:
             action = self.exploration.explore(action, env_step)
         return action.cpu().numpy()
@@ -104,10 +116,10 @@ class Collector:
         terminated_t = column(terminated, torch.bool).unsqueeze(-1)
         truncated_t = column(truncated, torch.bool).unsqueeze(-1)
         return TensorDict({
-            "observation": column(obs, torch.float32),
+            "observation": column(obs, observation_dtype(obs)),
             "action": column(actions, action_dtype),
             "next": {
-                "observation": column(next_obs, torch.float32),
+                "observation": column(next_obs, observation_dtype(next_obs)),
                 "reward": column(reward, torch.float32).unsqueeze(-1),
                 "terminated": terminated_t,
                 "truncated": truncated_t,

@@ -13,6 +13,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from rltrain.collect import observation_tensor
+
 
 @torch.no_grad()
 def evaluate(envs: gym.vector.VectorEnv, policy: Callable[[torch.Tensor], torch.Tensor],
@@ -33,7 +35,7 @@ def evaluate(envs: gym.vector.VectorEnv, policy: Callable[[torch.Tensor], torch.
         episode_return, episode_length = np.zeros(n), np.zeros(n, dtype=np.int64)
         running = np.arange(n) < count
         while running.any():
-            action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+            action = policy(observation_tensor(obs, device)).cpu().numpy()
             obs, reward, terminated, truncated, _ = envs.step(action)
             if hasattr(policy, "record"):
                 policy.record(torch.as_tensor(reward, dtype=torch.float32, device=device))

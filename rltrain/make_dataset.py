@@ -31,6 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rltrain import checkpoint
+from rltrain.data.replay import ReplayBuffer
 from rltrain.envs import derive_seed, env_specs, make_env, seed_everything
 from rltrain.errors import ConfigError
 
@@ -91,12 +92,14 @@ class SourceRun:
         if int(self.config.env.num_envs) != 1:
             raise ConfigError("medium-replay needs a source run with env.num_envs=1 (its replay buffer then holds "
                               "one episode after the other).")
-        buffer = checkpoint.load(self.last)["buffer"]
-        if buffer["size"] == buffer["capacity"] and buffer["cursor"] != 0 and rows > buffer["cursor"]:
+        buffer = ReplayBuffer.from_state_dict(checkpoint.load(self.last)["buffer"])
+        if buffer.wrapped:
             raise ConfigError("medium-replay: the source run's replay buffer wrapped around, so its early "
                               "transitions are gone; re-run the source with a trainer.buffer_size larger than "
                               "its trainer.total_env_steps.")
-        data = {key: value[:rows].numpy() for key, value in buffer["storage"].items()}
+        ordered = buffer.transitions_in_order()[:rows]
+        data = {key if isinstance(key, tuple) else (key,): value.numpy()
+                for key, value in ordered.items(include_nested=True, leaves_only=True)}
         return split_into_episodes(data)
 
 

@@ -18,7 +18,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 
 from rltrain.objectives.common import next_key
-from rltrain.objectives.gail import GAILLoss, gail_reward
+from rltrain.objectives.gail import GAILLoss
 
 VALID_KEY = ("collector", "mask")
 ENV_REWARD_KEY = ("next", "env_reward")
@@ -97,7 +97,7 @@ class GAILRewardModel:
     @torch.no_grad()
     def reward(self, data: TensorDictBase) -> torch.Tensor:
         """``gail_reward(D(s, a))`` for every row of ``data`` (any batch shape), ``[*B, 1]``."""
-        return gail_reward(self.loss.discriminate(*self._pairs(data)))
+        return self.loss.policy_reward(*self._pairs(data))
 
     def relabel(self, batch: TensorDictBase, reward_key: str = "reward") -> TensorDictBase:
         """Write the GAIL reward into a transition batch's ``("next", reward_key)`` (in place)."""

@@ -33,16 +33,16 @@ LEARNING_RUNS = {
 
 def make_actor(obs_dim: int, act_dim: int, hidden=(16,), low=-1.0, high=1.0) -> ProbabilisticActor:
     spec = Bounded(torch.full((act_dim,), low), torch.full((act_dim,), high))
-    net = torch.nn.Sequential(MLP(obs_dim, 2 * act_dim, hidden), NormalParamExtractor())
+    net = torch.nn.Sequential(MLP(obs_dim, 2 * act_dim, hidden, "relu"), NormalParamExtractor())
     return ProbabilisticActor(TensorDictModule(net, ["observation"], ["loc", "scale"]), spec=spec)
 
 
 def make_qvalue(obs_dim: int, act_dim: int, hidden=(16,)) -> ValueOperator:
-    return ValueOperator(MLP(obs_dim + act_dim, 1, hidden), in_keys=["observation", "action"])
+    return ValueOperator(MLP(obs_dim + act_dim, 1, hidden, "relu"), in_keys=["observation", "action"])
 
 
 def make_value(obs_dim: int, hidden=(16,)) -> ValueOperator:
-    return ValueOperator(MLP(obs_dim, 1, hidden), in_keys=["observation"])
+    return ValueOperator(MLP(obs_dim, 1, hidden, "relu"), in_keys=["observation"])
 
 
 def make_batch(batch: int, obs_dim: int, act_dim: int, seed: int = 0, terminated_every: int = 3) -> TensorDict:

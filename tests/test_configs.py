@@ -20,8 +20,10 @@ GRIDS = sorted(p.stem for p in (CONFIGS / "experiment").glob("benchmark_*.yaml")
 LOGGERS = sorted(p.stem for p in (CONFIGS / "logger").glob("*.yaml"))
 DISCRETE_ENVS = {"cartpole", "acrobot", "mountaincar", "lunarlander"}
 DISCRETE_ALGOS = {"dqn", "c51", "discrete_iql", "discrete_cql"}
-OFFLINE_ALGOS = {"iql", "cql", "td3bc", "bc", "discrete_iql", "discrete_cql", "dt", "online_dt", "diffusion_bc", "act"}
+OFFLINE_ALGOS = {"cal_ql", "iql", "cql", "td3bc", "bc", "discrete_iql", "discrete_cql", "dt", "online_dt",
+                 "diffusion_bc", "act"}
 IMITATION_ALGOS = {"gail", "gail_sac"}      # demonstrations + online (on-policy) training in their env
+DATA_AND_ENV_ALGOS = {"rlpd"}               # online from the first step, half of each batch from a dataset
 ON_POLICY_ALGOS = {"ppo", "gail"}
 DATASETS = sorted(str(p.relative_to(CONFIGS / "dataset").with_suffix("")) for p in (CONFIGS / "dataset").rglob("*.yaml"))
 SMALL = ["device=cpu", "logger.progress=false", "trainer.eval_episodes=1", "network.critic.num_cells=[16,16]",
@@ -58,13 +60,13 @@ def test_env_config_builds_and_collects(env, tmp_path):
 def test_algo_config_builds_and_updates(algo, tmp_path, request):
     env = "cartpole" if algo in DISCRETE_ALGOS else "pendulum"
     source = [f"env={env}"]
-    if algo in OFFLINE_ALGOS | IMITATION_ALGOS:
+    if algo in OFFLINE_ALGOS | IMITATION_ALGOS | DATA_AND_ENV_ALGOS:
         source = ["dataset=minari", f"dataset.id={request.getfixturevalue('tiny_datasets')[env]}"]
     if algo in ON_POLICY_ALGOS:
         source.append("algo.steps_per_env=8")
     trainer = build(tmp_path, f"algo={algo}", *source, "trainer.batch_size=3")
     expected = "rollout" if algo in ON_POLICY_ALGOS else "finetune" if algo == "online_dt" else \
-        "dataset" if algo in OFFLINE_ALGOS else "replay"
+        "dataset" if algo in OFFLINE_ALGOS else "offline_to_online" if algo in DATA_AND_ENV_ALGOS else "replay"
     assert trainer.source.kind == expected
     trainer.update()
     assert trainer.updates == 1

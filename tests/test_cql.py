@@ -446,7 +446,7 @@ def test_discrete_losses_match_the_formulas_with_the_target_network(action_space
     torch.testing.assert_close(out["loss_qvalue"], (0.5 * distance).mean())
     torch.testing.assert_close(out["loss_cql"], (torch.logsumexp(values, -1) - pred).mean())
     torch.testing.assert_close(out["td_error"], ((pred - y) ** 2).mean().reshape(1))
-    torch.testing.assert_close(out["pred_value"], pred.mean())
+    torch.testing.assert_close(out["pred_value"], values.mean())  # Q(s, .) over every action, as the reference
     torch.testing.assert_close(out["target_value"], y.mean())
     torch.testing.assert_close(batch["td_error"], ((pred - y) ** 2).unsqueeze(-1))
     torch.testing.assert_close(batch["pred_val"], values)

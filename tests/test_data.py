@@ -33,11 +33,13 @@ def test_ring_buffer_wraps_and_samples_only_what_it_holds():
     assert sample["next", "terminated"].dtype == torch.bool
 
 
-def test_buffer_memory_is_capacity_times_transition():
+def test_buffer_memory_stores_each_observation_once():
     buffer = ReplayBuffer(capacity=1000)
     buffer.extend(transitions(0, 3))
-    per_transition = 4 * (1 + 2 + 1 + 1) + 1  # float32 obs, action(2), next obs, reward; bool
-    assert sum(t.numel() * t.element_size() for t in buffer._storage.values()) == 1000 * per_transition
+    per_row = 4 * (1 + 2 + 1) + 1  # float32 obs (next obs is the following row), action(2), reward; bool
+    assert ("next", "observation") not in buffer._storage
+    assert sum(t.numel() * t.element_size() for t in buffer._storage.values()) == buffer.rows * per_row
+    assert buffer.rows <= 1.03 * 1000 + 32  # capacity plus the reserve for final observations
 
 
 def test_buffer_state_round_trip_continues_identically():

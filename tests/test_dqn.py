@@ -90,8 +90,8 @@ def test_qvalue_actor_action_space_from_spec_or_warns():
         assert QValueActor(MLP(OBS, NA)).action_space == "one_hot"
     with pytest.raises(ValueError, match="accepted"):
         QValueActor(MLP(OBS, NA), action_space="discrete")
-    with pytest.raises(ValueError, match="not supported"):
-        QValueActor(MLP(OBS, NA), action_space="binary")
+    with pytest.raises(ValueError, match="not supported"):  # C51's actor takes single-choice actions only
+        DistributionalQValueActor(MLP(OBS, NA * ATOMS), torch.linspace(-1.0, 1.0, ATOMS), action_space="binary")
     with pytest.raises(TypeError, match="discrete action space"):
         QValueActor(MLP(OBS, NA), action_space=Bounded(-1.0, 1.0, (2,)))
 

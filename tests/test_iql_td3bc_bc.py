@@ -368,8 +368,8 @@ def test_iql_constructor_errors():
         IQLLoss(actor, make_qvalue(OBS, ACT), None)
     with pytest.raises(TypeError, match="ValueOperator"):
         IQLLoss(actor, MLP(OBS + ACT, 1), value)
-    with pytest.raises(TypeError, match="ProbabilisticActor"):
-        IQLLoss(make_det_actor(), make_qvalue(OBS, ACT), value)
+    with pytest.raises(TypeError, match="ProbabilisticActor"):  # a deterministic Actor is accepted, not a bare net
+        IQLLoss(MLP(OBS, ACT), make_qvalue(OBS, ACT), value)
     with pytest.raises(TypeError, match="CategoricalActor"):
         DiscreteIQLLoss(actor, make_discrete_qvalue(), value, action_space="categorical")
     with pytest.raises(ValueError, match="must not read the action"):

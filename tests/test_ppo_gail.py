@@ -122,7 +122,7 @@ def test_compute_advantage_uses_the_critic_on_both_observations():
 def test_value_estimator_choices():
     loss = ppo()
     with pytest.raises(ValueError, match="gae"):
-        loss.make_value_estimator("td0")
+        loss.make_value_estimator("vtrace")
     with pytest.raises(ValueError, match="lmbda"):
         loss.make_value_estimator("gae", lmbda=1.5)
     with pytest.raises(TypeError, match="unexpected"):

@@ -220,13 +220,14 @@ def test_td3_losses_and_metadata_match_the_spec_formulas():
         pred = torch.stack([q(q1, obs, act), q(q2, obs, act)])
         expected_q = ((pred - y) ** 2).sum(0).mean()
         q_actor = q(q1, obs, actor.module(obs))
+        q2_actor = q(q2, obs, actor.module(obs))
 
     torch.testing.assert_close(out["loss_qvalue"], expected_q, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["loss_actor"], -q_actor.mean(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["pred_value"], pred)
     torch.testing.assert_close(out["next_state_value"], next_value)
     torch.testing.assert_close(out["target_value"], y)
-    torch.testing.assert_close(out["state_action_value_actor"], q_actor.unsqueeze(0))
+    torch.testing.assert_close(out["state_action_value_actor"], torch.stack([q_actor, q2_actor]))
     torch.testing.assert_close(batch["td_error"].squeeze(-1), ((pred - y) ** 2).max(0).values)
 
 
@@ -301,7 +302,7 @@ def test_td3_defaults_and_ensemble_size():
     assert isinstance(loss.target_actor_network, Actor) and loss.target_actor_network is not loss.actor_network
     out = loss(make_batch(B, OBS, ACT))
     assert out["pred_value"].shape == (3, B)
-    assert out["state_action_value_actor"].shape == (1, B)
+    assert out["state_action_value_actor"].shape == (3, B)
     assert out["next_state_value"].shape == (B,) and out["target_value"].shape == (B,)
 
 

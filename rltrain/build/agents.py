@@ -24,6 +24,7 @@ from rltrain.modules import (
     DTActor, DTPolicy, OnlineDTActor, QValueActor, TemporalEnsemblePolicy, ValueOperator,
 )
 from rltrain.objectives import LossModule, get_objective
+from rltrain.objectives.dqn import check_support_covers_returns
 from rltrain.build.networks import (
     _mlp, build_categorical_actor, build_crossq_critic, build_deterministic_actor, build_qvalue,
     build_state_value, build_stochastic_actor,
@@ -104,6 +105,8 @@ def c51_agent(cfg: DictConfig, obs_dim: int, action_spec: Categorical) -> Agent:
     support = cfg.algo.support
     if support.vmin >= support.vmax:
         raise ConfigError(f"algo.support needs vmin < vmax, got vmin={support.vmin}, vmax={support.vmax}")
+    check_support_covers_returns(support.vmin, support.vmax, cfg.env.get("reward_range"), cfg.algo.gamma,
+                                 where=f"C51 on {cfg.env.id}")
     atoms = torch.linspace(support.vmin, support.vmax, support.n_atoms)
     actor = DistributionalQValueActor(_mlp(obs_dim, action_spec.n * support.n_atoms, cfg.network.critic),
                                       support=atoms, action_space="categorical")
@@ -113,8 +116,13 @@ def c51_agent(cfg: DictConfig, obs_dim: int, action_spec: Categorical) -> Agent:
 
 
 def iql_agent(cfg: DictConfig, obs_dim: int, action_spec: Bounded) -> Agent:
-    """IQL: a TanhNormal actor (AWR), twin Q and a state-value network."""
-    actor = build_stochastic_actor(obs_dim, action_spec, cfg.network.actor)
+    """IQL: a TanhNormal actor (AWR on log pi) or, with ``algo.policy=deterministic``, a tanh actor
+    (AWR on the squared error: CORL's iql_deterministic), twin Q and a state-value network."""
+    policy = cfg.algo.get("policy", "stochastic")
+    if policy not in ("stochastic", "deterministic"):
+        raise ConfigError(f"algo.policy must be deterministic or stochastic, got {policy!r}")
+    build_actor = build_deterministic_actor if policy == "deterministic" else build_stochastic_actor
+    actor = build_actor(obs_dim, action_spec, cfg.network.actor)
     objective = get_objective("iql")(actor, build_qvalue(obs_dim, action_spec, cfg.network.critic),
                                      build_state_value(obs_dim, cfg.network.critic), **_loss_kwargs(cfg))
     return _sampling_agent(objective, actor)
@@ -246,12 +254,13 @@ class AlgorithmRecord:
     ``actions``: ``continuous``, ``discrete`` or ``either``. ``source``: the source it always trains
     on (``rollout``, ``finetune``), or ``None`` to follow the run (``dataset`` with a dataset, else
     ``replay``). ``td0``: give it the generic TD(0) estimator with ``algo.gamma`` (C51 and PPO bring
-    their own)."""
+    their own). ``mc_return``: its batches carry each transition's Monte-Carlo return (Cal-QL)."""
 
     builder: Callable[..., Agent]
     actions: str
     source: str | None = None
     td0: bool = True
+    mc_return: bool = False
 
     def acts_on(self, action_spec) -> bool:
         if self.actions == "continuous":
@@ -271,7 +280,7 @@ ALGORITHMS: dict[str, AlgorithmRecord] = {
     "c51": AlgorithmRecord(c51_agent, "discrete", td0=False),
     "iql": AlgorithmRecord(iql_agent, "continuous"),
     "cql": AlgorithmRecord(stochastic_agent, "continuous"),
-    "cal_ql": AlgorithmRecord(stochastic_agent, "continuous"),
+    "cal_ql": AlgorithmRecord(stochastic_agent, "continuous", mc_return=True),
     "td3bc": AlgorithmRecord(deterministic_agent, "continuous"),
     "bc": AlgorithmRecord(bc_agent, "either"),
     "discrete_iql": AlgorithmRecord(discrete_iql_agent, "discrete"),

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
+from rltrain.build.agents import algorithm_record
 from rltrain.data.chunks import ChunkSampler
 from rltrain.data.minari_data import (
     DatasetError, OfflineData, TransitionSampler, load_minari, minari_root, to_offline_data,
@@ -117,11 +118,17 @@ def score_refs(cfg: DictConfig, data: OfflineData) -> tuple[float, float] | None
     return float(ref_min), float(ref_max)
 
 
+def transition_sampler(cfg: DictConfig, data: OfflineData, device: torch.device) -> TransitionSampler:
+    """Flat transitions, with each one's Monte-Carlo return for the objectives that read it (Cal-QL)."""
+    gamma = float(cfg.algo.gamma) if algorithm_record(cfg).mc_return else None
+    return TransitionSampler(data, device, seed=cfg.seed, mc_return_gamma=gamma)
+
+
 def dataset_sampler(cfg: DictConfig, data: OfflineData, device: torch.device):
     """What an offline objective trains on: transitions, action chunks (ACT) or episode windows (DT)."""
     kind = cfg.algo.get("sequence")
     if kind is None:
-        return TransitionSampler(data, device, seed=cfg.seed)
+        return transition_sampler(cfg, data, device)
     if kind == "chunk":
         return ChunkSampler(data, int(cfg.algo.chunk_size), device, seed=cfg.seed)
     if kind in ("trajectory", "online_trajectory"):

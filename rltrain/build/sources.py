@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from rltrain.build.agents import Agent, algorithm_record, check_action_space, dt_policy, dt_target_returns
 from rltrain.build.data import (
     RewardAffine, check_sequence_source, data_env, dataset_sampler, load_offline_data, make_offline_eval_envs,
-    prepare_offline_data, score_refs,
+    prepare_offline_data, score_refs, transition_sampler,
 )
 from rltrain.build.optim import make_adam
 from rltrain.collect import Collector
@@ -61,6 +61,9 @@ def source_kind(cfg: DictConfig) -> str:
     if kind in ("replay", "offline_to_online") and cfg.algo.get("sequence") is not None:
         raise ConfigError(f"algo={cfg.algo.name} trains on {cfg.algo.sequence} windows of a dataset, which "
                           f"source={kind} does not collect; use source=dataset")
+    if kind == "replay" and record.mc_return:
+        raise ConfigError(f"algo={cfg.algo.name} bounds its values by the Monte-Carlo returns of a dataset: train it "
+                          "with dataset=... (offline) or source=offline_to_online")
     if kind == "replay" and cfg.dataset is not None and not cfg.algo.get("imitation"):
         raise ConfigError(f"source=replay trains online in env.id, but dataset={cfg.dataset.id} is given: use "
                           "source=offline_to_online to pre-train on it and fine-tune online, or drop the dataset")
@@ -200,8 +203,8 @@ def offline_to_online_source(cfg: DictConfig, task: Task, agent: Agent, device: 
     s, t = cfg.source, cfg.trainer
     batch_size = int(t.batch_size)
     mix = None if s.mix is None else float(s.mix)
-    gamma = float(cfg.algo.gamma) if cfg.algo.objective == "cal_ql" else None
-    dataset = TransitionSampler(task.data, device, seed=cfg.seed, mc_return_gamma=gamma)
+    gamma = float(cfg.algo.gamma) if algorithm_record(cfg).mc_return else None
+    dataset = transition_sampler(cfg, task.data, device)
     online_rows = batch_size if mix is None else batch_size - round(mix * batch_size)
     online = replay_source(cfg, task, agent, device, total_env_steps=int(s.online_env_steps),
                            min_rows=max(1, online_rows),

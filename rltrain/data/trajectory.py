@@ -23,8 +23,9 @@ are zero and ``pad_mask`` is True there. Keys::
     timestep    [B, T] long (clamped to max_ep_len - 1)   pad_mask [B, T] bool (True = padded)
 
 **Capacity.** With ``capacity`` (in episodes) the buffer keeps at most that many episodes. Offline
-episodes beyond it are chosen as Online DT does: the ``capacity`` episodes of highest return (kept in
-dataset order). Episodes added later push the oldest ones out (FIFO), offline ones first.
+episodes are kept as Online DT does: the ``capacity`` episodes of highest return, sorted by
+ascending return. Episodes added later push the first stored ones out (FIFO), offline ones first,
+so the worst offline episodes leave first.
 
 **Online fine-tuning.** :class:`rltrain.sources.FinetuneSource` (Online DT) adds the episodes it
 collects with :meth:`TrajectoryBuffer.add_episode`.
@@ -129,9 +130,9 @@ class TrajectoryBuffer:
         self.generator.manual_seed(seed)
         self.online_episodes_added = 0
         self._num_online = 0  # the online episodes held: the last ones stored
-        if capacity is not None and lengths.numel() > capacity:
+        if capacity is not None:
             observations, actions, rewards, lengths = _top_return_episodes(
-                observations, actions, rewards, lengths, capacity)
+                observations, actions, rewards, lengths, min(capacity, lengths.numel()))
         check_context_fits(lengths, context_len)
         self._store(observations, actions, rewards, lengths)
 
@@ -267,9 +268,11 @@ class TrajectoryBuffer:
 
 def _top_return_episodes(observations: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
                          lengths: torch.Tensor, count: int):
-    """The ``count`` episodes of highest return, in their original order."""
+    """The ``count`` episodes of highest return, sorted by ascending return (ties in dataset order)."""
     episode = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
     episode_returns = torch.zeros(lengths.numel(), dtype=torch.float64).index_add_(0, episode, rewards.double())
     keep = torch.sort(torch.topk(episode_returns, count).indices).values
-    row_mask = torch.isin(episode, keep)
-    return observations[row_mask], actions[row_mask], rewards[row_mask], lengths[keep]
+    keep = keep[torch.sort(episode_returns[keep], stable=True).indices]
+    starts = torch.cumsum(lengths, 0) - lengths
+    rows = torch.cat([torch.arange(int(starts[e]), int(starts[e] + lengths[e])) for e in keep.tolist()])
+    return observations[rows], actions[rows], rewards[rows], lengths[keep]

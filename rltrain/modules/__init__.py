@@ -1,7 +1,7 @@
 """Networks and their TensorDict wrappers."""
 
 from rltrain.modules.act import ACTActor, ACTModel, TemporalEnsemblePolicy
-from rltrain.modules.actors import Actor, CategoricalActor, ProbabilisticActor, ValueOperator, call_tensors
+from rltrain.modules.actors import Actor, CategoricalActor, ProbabilisticActor, SafeModule, ValueOperator, call_tensors
 from rltrain.modules.batchrenorm import BRNMLP, BatchRenorm1d, StackedBRNMLP
 from rltrain.modules.diffusion import DDPM, ActionScaler, DiffusionActor, sinusoidal_embedding
 from rltrain.modules.discriminator import Discriminator
@@ -16,7 +16,8 @@ __all__ = [
     "ACTActor", "ACTModel", "ActionScaler", "DDPM", "DiffusionActor", "TemporalEnsemblePolicy",
     "sinusoidal_embedding", "Discriminator", "DTActor", "DTPolicy", "DecisionTransformer", "OnlineDTActor",
     "Actor", "BRNMLP", "BatchRenorm1d", "Bounded", "Categorical", "CategoricalActor", "DistributionalQValueActor",
-    "MLP", "NormalParamExtractor", "OneHot", "ProbabilisticActor", "QValueActor", "ScaledTanh", "StackedBRNMLP",
+    "MLP", "NormalParamExtractor", "OneHot", "ProbabilisticActor", "QValueActor", "SafeModule", "ScaledTanh",
+    "StackedBRNMLP",
     "StackedMLP", "TanhNormal", "ValueOperator", "VmapEnsemble", "call_tensors", "frozen_copy", "make_ensemble",
     "spec_from_space",
 ]

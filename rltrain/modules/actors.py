@@ -1,5 +1,6 @@
-"""TensorDict-in / TensorDict-out wrappers: ``ValueOperator``, ``Actor``, ``ProbabilisticActor``,
-``CategoricalActor``.
+"""TensorDict-in / TensorDict-out wrappers: ``SafeModule``, ``ValueOperator``, ``Actor``,
+``ProbabilisticActor``, ``CategoricalActor`` (and, from :mod:`rltrain.modules.qvalue`, ``QValueActor``
+and ``DistributionalQValueActor``, importable from here as from the reference's ``actors`` module).
 
 They follow the reference pages' public API (built on ``tensordict.nn``), so user code written for
 them ports by changing imports. Each wrapper also offers a plain-tensor path (:func:`call_tensors`,
@@ -60,6 +61,33 @@ def call_tensors(module: TensorDictModuleBase, *inputs: torch.Tensor) -> tuple[t
     return tuple(td.get(k) for k in module.out_keys)
 
 
+class SafeModule(TensorDictModule):
+    """A ``TensorDictModule`` with an optional output spec (the reference's ``SafeModule``).
+
+    Args:
+        module, in_keys, out_keys: as for ``tensordict.nn.TensorDictModule``.
+        spec: the spec of the first output (kept for builders; e.g. a :class:`Bounded` action box).
+        safe: project the first output onto ``spec`` (clamp into a :class:`Bounded` box); needs a
+            Bounded spec.
+    """
+
+    def __init__(self, module: nn.Module, in_keys: Sequence[NestedKey], out_keys: Sequence[NestedKey], *,
+                 spec: Bounded | None = None, safe: bool = False):
+        if safe and not isinstance(spec, Bounded):
+            raise ValueError(f"SafeModule(safe=True) projects its output onto a Bounded spec, got spec={spec!r}")
+        super().__init__(module, in_keys=_as_keys(in_keys, []), out_keys=_as_keys(out_keys, []))
+        self.spec = spec
+        self.safe = safe
+
+    def forward(self, tensordict: TensorDictBase, *args, **kwargs) -> TensorDictBase:
+        tensordict = super().forward(tensordict, *args, **kwargs)
+        if self.safe:
+            key = self.out_keys[0]
+            out = tensordict.get(key)
+            tensordict.set(key, out.clamp(self.spec.low.to(out.device), self.spec.high.to(out.device)))
+        return tensordict
+
+
 class ValueOperator(TensorDictModule):
     """A value network: ``V(s)`` -> ``"state_value"`` or ``Q(s, a)`` -> ``"state_action_value"``.
 
@@ -89,6 +117,15 @@ class Actor(TensorDictModule):
 
 
 _PLAIN_WRAPPERS = (TensorDictModule, ValueOperator, Actor)
+
+
+def __getattr__(name: str):
+    # The Q-value actors live in rltrain.modules.qvalue, which imports this module: load them on demand.
+    if name in ("QValueActor", "DistributionalQValueActor"):
+        from rltrain.modules import qvalue
+
+        return getattr(qvalue, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ProbabilisticActor(TensorDictModuleBase):

@@ -97,10 +97,14 @@ class NormalParamExtractor(nn.Module):
     """Split the last dim in two halves: ``loc`` and a positive ``scale``.
 
     Args:
-        scale_mapping: ``"biased_softplus_<b>"`` (softplus shifted so that a zero input gives
-            scale ``b``; the default is ``b = 1``), ``"softplus"``, ``"exp"``, or
-            ``"clamped_exp_<min>_<max>"`` (log-std clamped to ``[min, max]``, then exp).
-        scale_lb: lower bound applied to the scale.
+        scale_mapping: how the second half ``x`` becomes the scale:
+
+            * ``"biased_softplus_<b>"`` (default ``b = 1``) and ``"biased_softplus_<b>_<m>"``:
+              ``softplus(x + inv_softplus(b - m)) + m``, so a zero input gives scale ``b`` and the
+              scale never falls below ``m`` (default ``m = 0.01``, the reference's floor);
+            * ``"softplus"``: ``softplus(x)``; ``"exp"``: ``exp(x)``;
+            * ``"clamped_exp_<min>_<max>"``: the log-std clamped to ``[min, max]``, then exp.
+        scale_lb: lower bound applied to the scale afterwards (default 1e-4).
     """
 
     def __init__(self, scale_mapping: str = "biased_softplus_1.0", scale_lb: float = 1e-4):
@@ -108,16 +112,17 @@ class NormalParamExtractor(nn.Module):
         self.scale_mapping = scale_mapping
         self.scale_lb = scale_lb
         self._bias = 0.0
+        self._floor = 0.0
         self._log_std_range: tuple[float, float] | None = None
         if scale_mapping.startswith("biased_softplus_"):
-            self._bias = _inverse_softplus(float(scale_mapping.rsplit("_", 1)[1]))
+            self._bias, self._floor = _biased_softplus_parameters(scale_mapping)
         elif scale_mapping.startswith("clamped_exp_"):
             low, high = scale_mapping[len("clamped_exp_"):].split("_")
             self._log_std_range = (float(low), float(high))
         elif scale_mapping not in ("softplus", "exp"):
             raise ValueError(
-                f"unknown scale_mapping {scale_mapping!r}; accepted: 'biased_softplus_<b>', 'softplus', "
-                "'exp', 'clamped_exp_<min>_<max>'"
+                f"unknown scale_mapping {scale_mapping!r}; accepted: 'biased_softplus_<b>', "
+                "'biased_softplus_<b>_<min>', 'softplus', 'exp', 'clamped_exp_<min>_<max>'"
             )
 
     def forward(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,5 +132,22 @@ class NormalParamExtractor(nn.Module):
         elif self.scale_mapping == "exp":
             scale = raw.exp()
         else:
-            scale = F.softplus(raw + self._bias)
+            scale = F.softplus(raw + self._bias) + self._floor
         return loc, scale.clamp_min(self.scale_lb)
+
+
+DEFAULT_SCALE_FLOOR = 0.01
+
+
+def _biased_softplus_parameters(scale_mapping: str) -> tuple[float, float]:
+    """``(inv_softplus(b - m), m)`` of ``"biased_softplus_<b>"`` / ``"biased_softplus_<b>_<m>"``."""
+    parts = scale_mapping[len("biased_softplus_"):].split("_")
+    try:
+        bias = float(parts[0])
+        floor = float(parts[1]) if len(parts) == 2 else DEFAULT_SCALE_FLOOR
+    except (ValueError, IndexError):
+        parts = []
+    if len(parts) not in (1, 2) or not bias > floor >= 0:
+        raise ValueError(f"scale_mapping {scale_mapping!r}: expected 'biased_softplus_<b>' or "
+                         "'biased_softplus_<b>_<min>' with b > min >= 0 (numbers)")
+    return _inverse_softplus(bias - floor), floor

@@ -33,14 +33,20 @@ def _make_activation(cls: type[nn.Module]) -> nn.Module:
     return cls(inplace=True) if cls in (nn.ReLU, nn.LeakyReLU) else cls()
 
 
+DEFAULT_NUM_CELLS = (32, 32, 32)
+
+
 class MLP(nn.Sequential):
     """``Linear -> activation -> ... -> Linear``; several inputs are concatenated on the last dim.
+
+    The defaults are the reference's: without ``num_cells``, three hidden layers of 32 units, and a
+    Tanh activation. (rltrain's configs always give the sizes and the activation.)
 
     Args:
         in_features: input size (after concatenation of all inputs).
         out_features: output size.
-        num_cells: hidden layer sizes, e.g. ``(256, 256)``.
-        activation_class: activation after each hidden layer (class or name).
+        num_cells: hidden layer sizes, e.g. ``(256, 256)``; ``None``: ``(32, 32, 32)``.
+        activation_class: activation after each hidden layer (class or name; default Tanh).
         layer_norm: add a LayerNorm after each hidden Linear (before the activation).
         activate_last_layer: apply the activation after the output layer too.
     """
@@ -49,13 +55,13 @@ class MLP(nn.Sequential):
         self,
         in_features: int,
         out_features: int,
-        num_cells: Sequence[int] = (256, 256),
-        activation_class: type[nn.Module] | str = nn.ReLU,
+        num_cells: Sequence[int] | None = None,
+        activation_class: type[nn.Module] | str = nn.Tanh,
         layer_norm: bool = False,
         activate_last_layer: bool = False,
     ):
         act = globals()["activation_class"](activation_class)
-        sizes = [in_features, *num_cells]
+        sizes = [in_features, *(DEFAULT_NUM_CELLS if num_cells is None else num_cells)]
         layers: list[nn.Module] = []
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             layers.append(nn.Linear(n_in, n_out))

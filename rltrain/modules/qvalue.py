@@ -9,8 +9,19 @@ Both wrap a network that scores every action at once and act greedily on the sco
   :math:`z_1 < \dots < z_N`; the greedy action maximises the expected value
   :math:`\sum_i p_i(s, a)\, z_i`.
 
-An action is written either as a one-hot vector ``[*B, nA]`` (``action_space="one_hot"``) or as an
-int64 index ``[*B]`` (``"categorical"``, what a gymnasium ``Discrete`` env takes).
+An action is written as a one-hot vector ``[*B, nA]`` (``action_space="one_hot"``), an int64 index
+``[*B]`` (``"categorical"``, what a gymnasium ``Discrete`` env takes), and, for
+:class:`QValueActor`, as the reference also accepts:
+
+* ``"mult_one_hot"``: several choices, the network's ``nA = sum(var_nums)`` outputs split into one
+  group per choice; the action concatenates one one-hot vector per group (the argmax of each);
+* ``"binary"``: ``nA`` independent on/off choices, a 0/1 vector.
+
+For both, as in the reference, ``Q(s, a) = sum_j Q(s, .)_j * a_j`` (linear in the action), so the
+greedy action maximises each group (each bit: on iff its entry is positive) and
+``max_a Q(s, a)`` is the sum of the group maxima (of the positive entries). The reference's actor
+raises ``NotImplementedError`` for binary actions; this one acts greedily on the same linear
+``Q(s, a)`` that its DQN loss regresses.
 
 Each actor is a TensorDict module (the reference pages' public API) and also offers a plain-tensor
 path (``action_values``, ``log_probs``, ``act``) that the objectives and the collector use on the hot
@@ -29,16 +40,22 @@ from tensordict.nn import TensorDictModuleBase
 from torch import nn
 
 from rltrain.modules.actors import NestedKey, _as_keys, call_tensors
-from rltrain.modules.specs import Categorical, OneHot
+from rltrain.modules.specs import Binary, Categorical, MultiOneHot, OneHot
 
 ONE_HOT = "one_hot"
 CATEGORICAL = "categorical"
-ACCEPTED_ACTION_SPACES = ("one_hot", "one-hot", "categorical")
+MULT_ONE_HOT = "mult_one_hot"
+BINARY = "binary"
+ACCEPTED_ACTION_SPACES = ("one_hot", "one-hot", "categorical", "mult_one_hot", "binary")
+SINGLE_CHOICE_SPACES = (ONE_HOT, CATEGORICAL)
+ALL_SPACES = (ONE_HOT, CATEGORICAL, MULT_ONE_HOT, BINARY)
+_SPEC_SPACES = {OneHot: ONE_HOT, Categorical: CATEGORICAL, MultiOneHot: MULT_ONE_HOT, Binary: BINARY}
 
 
-def resolve_action_space(action_space: str | OneHot | Categorical | None, spec=None,
-                         owner: str = "QValueActor") -> str:
-    """Normalise an action space (a name or a spec) to ``"one_hot"`` or ``"categorical"``.
+def resolve_action_space(action_space: str | OneHot | Categorical | MultiOneHot | Binary | None, spec=None,
+                         owner: str = "QValueActor", accepted: tuple[str, ...] = ALL_SPACES) -> str:
+    """Normalise an action space (a name or a spec) to one of ``accepted``
+    (``"one_hot"``, ``"categorical"``, ``"mult_one_hot"``, ``"binary"``).
 
     ``action_space`` wins over ``spec``; with neither, warn and assume one-hot actions.
     """
@@ -49,22 +66,21 @@ def resolve_action_space(action_space: str | OneHot | Categorical | None, spec=N
                       "for integer actions (gymnasium Discrete) or action_space='one_hot'", UserWarning,
                       stacklevel=3)
         return ONE_HOT
-    if isinstance(action_space, OneHot):
-        return ONE_HOT
-    if isinstance(action_space, Categorical):
-        return CATEGORICAL
-    if isinstance(action_space, str):
+    if type(action_space) in _SPEC_SPACES:
+        name = _SPEC_SPACES[type(action_space)]
+    elif isinstance(action_space, str):
         name = action_space.lower().replace("-", "_")
-        if name in (ONE_HOT, CATEGORICAL):
-            return name
-        if name in ("mult_one_hot", "binary"):
-            raise ValueError(f"{owner}: action_space {action_space!r} is not supported by rltrain; "
-                             f"accepted: {ACCEPTED_ACTION_SPACES} or a OneHot/Categorical spec")
-        raise ValueError(f"{owner}: unknown action_space {action_space!r}; accepted: {ACCEPTED_ACTION_SPACES} "
-                         "or a OneHot/Categorical spec")
-    raise TypeError(f"{owner} needs a discrete action space: one of {ACCEPTED_ACTION_SPACES} or a "
-                    f"OneHot/Categorical spec, got {type(action_space).__name__} (a continuous action space "
-                    "needs an actor-critic objective such as SAC)")
+        if name not in _SPEC_SPACES.values():
+            raise ValueError(f"{owner}: unknown action_space {action_space!r}; accepted: {ACCEPTED_ACTION_SPACES} "
+                             "or a OneHot/Categorical/MultiOneHot/Binary spec")
+    else:
+        raise TypeError(f"{owner} needs a discrete action space: one of {ACCEPTED_ACTION_SPACES} or a "
+                        f"OneHot/Categorical/MultiOneHot/Binary spec, got {type(action_space).__name__} (a continuous "
+                        "action space needs an actor-critic objective such as SAC)")
+    if name not in accepted:
+        raise ValueError(f"{owner}: action_space {action_space!r} is not supported here; accepted: {accepted} "
+                         "(several-choice and binary actions are for QValueActor/DQNLoss)")
+    return name
 
 
 def check_support(support: torch.Tensor) -> None:
@@ -87,7 +103,7 @@ class _GreedyDiscreteActor(TensorDictModuleBase):
     """What both actors share: the wrapped network, the keys, and greedy index -> action."""
 
     def __init__(self, module: nn.Module, in_keys: Sequence[NestedKey] | None, spec, action_space,
-                 action_key: NestedKey, out_keys: list[NestedKey]):
+                 action_key: NestedKey, out_keys: list[NestedKey], accepted: tuple[str, ...] = SINGLE_CHOICE_SPACES):
         super().__init__()
         self.module = module
         self._tensordict_net = isinstance(module, TensorDictModuleBase)
@@ -95,7 +111,7 @@ class _GreedyDiscreteActor(TensorDictModuleBase):
         self.in_keys = _as_keys(in_keys, default_in)
         self.out_keys = out_keys
         self.spec = spec
-        self.action_space = resolve_action_space(action_space, spec, owner=type(self).__name__)
+        self.action_space = resolve_action_space(action_space, spec, owner=type(self).__name__, accepted=accepted)
         self.action_key = action_key
 
     def _net(self, *obs: torch.Tensor) -> torch.Tensor:
@@ -130,6 +146,8 @@ class QValueActor(_GreedyDiscreteActor):
             int64 index) or a spec. With neither this nor ``spec``, warns and uses one-hot.
         action_value_key, action_key, chosen_action_value_key: output keys; ``chosen_action_value``
             is :math:`\\max_a Q(s, a)`, ``[*B, 1]``.
+        var_nums: the number of options of each choice, for ``action_space="mult_one_hot"`` (taken
+            from a :class:`~rltrain.modules.specs.MultiOneHot` spec when given).
     """
 
     def __init__(
@@ -141,11 +159,41 @@ class QValueActor(_GreedyDiscreteActor):
         action_value_key: NestedKey = "action_value",
         action_key: NestedKey = "action",
         chosen_action_value_key: NestedKey = "chosen_action_value",
+        var_nums: Sequence[int] | None = None,
     ):
         super().__init__(module, in_keys, spec, action_space, action_key,
-                         [action_key, action_value_key, chosen_action_value_key])
+                         [action_key, action_value_key, chosen_action_value_key], accepted=ALL_SPACES)
         self.action_value_key = action_value_key
         self.chosen_action_value_key = chosen_action_value_key
+        self.var_nums = _resolve_var_nums(self.action_space, var_nums, action_space, spec)
+
+    def greedy(self, values: torch.Tensor) -> torch.Tensor:
+        """The action maximising ``Q(s, a)`` given ``values = Q(s, .)`` ``[*B, nA]`` (module docstring)."""
+        if self.action_space == MULT_ONE_HOT:
+            if values.shape[-1] != sum(self.var_nums):
+                raise ValueError(f"QValueActor: {values.shape[-1]} action values, but var_nums {self.var_nums} sum "
+                                 f"to {sum(self.var_nums)}")
+            return torch.cat([F.one_hot(group.argmax(-1), group.shape[-1]) for group in
+                              values.split(self.var_nums, dim=-1)], dim=-1)
+        if self.action_space == BINARY:
+            return (values > 0).long()
+        return self._to_action(values.argmax(-1), values.shape[-1])
+
+    def value_of(self, values: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """``Q(s, a)`` ``[*B, 1]``: the entry of an index, else ``sum_j Q(s, .)_j * a_j``."""
+        if self.action_space == CATEGORICAL:
+            return values.gather(-1, action.unsqueeze(-1))
+        return (values * action.to(values.dtype)).sum(-1, keepdim=True)
+
+    def max_value(self, values: torch.Tensor) -> torch.Tensor:
+        """``max_a Q(s, a)`` ``[*B, 1]``."""
+        if self.action_space in SINGLE_CHOICE_SPACES:
+            return values.max(-1, keepdim=True).values
+        return self.value_of(values, self.greedy(values))
+
+    def act(self, *obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """The greedy action (module docstring); exploration is added outside the actor."""
+        return self.greedy(self.action_values(*obs))
 
     def action_values(self, *obs: torch.Tensor) -> torch.Tensor:
         """``Q(s, .)``, ``[*B, nA]`` (plain-tensor path)."""
@@ -153,11 +201,24 @@ class QValueActor(_GreedyDiscreteActor):
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         values = self.action_values(*(tensordict.get(k) for k in self.in_keys))
-        best = values.max(-1, keepdim=True)
+        action = self.greedy(values)
         tensordict.set(self.action_value_key, values)
-        tensordict.set(self.action_key, self._to_action(best.indices.squeeze(-1), values.shape[-1]))
-        tensordict.set(self.chosen_action_value_key, best.values)
+        tensordict.set(self.action_key, action)
+        tensordict.set(self.chosen_action_value_key, self.value_of(values, action))
         return tensordict
+
+
+def _resolve_var_nums(space: str, var_nums: Sequence[int] | None, action_space, spec) -> tuple[int, ...] | None:
+    """The group sizes of a ``"mult_one_hot"`` space: ``var_nums``, else the MultiOneHot spec's ``nvec``."""
+    if space != MULT_ONE_HOT:
+        return None
+    if var_nums is None:
+        source = action_space if isinstance(action_space, MultiOneHot) else spec
+        var_nums = source.nvec if isinstance(source, MultiOneHot) else None
+    if not var_nums or any(int(n) < 1 for n in var_nums):
+        raise ValueError("QValueActor: action_space='mult_one_hot' needs var_nums (the number of options of each "
+                         f"choice, e.g. var_nums=[3, 2]) or a MultiOneHot spec; got var_nums={var_nums!r}")
+    return tuple(int(n) for n in var_nums)
 
 
 class DistributionalQValueActor(_GreedyDiscreteActor):

@@ -58,6 +58,31 @@ class OneHot:
         return (self.n,)
 
 
+@dataclass(frozen=True)
+class MultiOneHot:
+    """Several discrete choices of ``nvec[i]`` options each, stored as concatenated one-hot vectors."""
+
+    nvec: tuple[int, ...]
+
+    def __init__(self, nvec):
+        object.__setattr__(self, "nvec", tuple(int(n) for n in nvec))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (sum(self.nvec),)
+
+
+@dataclass(frozen=True)
+class Binary:
+    """``n`` independent on/off choices stored as a 0/1 vector."""
+
+    n: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.n,)
+
+
 def spec_from_space(space: gym.Space) -> Bounded | Categorical:
     """The spec of a gymnasium ``Box`` (continuous) or ``Discrete`` space."""
     if isinstance(space, gym.spaces.Box):

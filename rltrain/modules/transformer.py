@@ -11,7 +11,8 @@ then LayerNorm and dropout, ``n_layer`` pre-LN GPT blocks (causal multi-head sel
 ``j`` only if ``j <= i`` (causal) and ``j`` is not part of a padded step, or ``j = i`` (so a padded
 query row stays finite; its output is never used). The action ``a_t`` is predicted from the hidden
 state of the STATE token ``s_t``, which has seen ``R_1..R_t``, ``s_1..s_t`` and ``a_1..a_{t-1}``.
-Timesteps use the embedding instead of positional embeddings, as in the paper.
+Timesteps use the embedding instead of positional embeddings, as in the paper; a batch without
+``timestep`` (the reference's examples have none) uses each step's position in the context window.
 
 **Heads.** :class:`DTActor`: ``a_t = mid + half_range * tanh(W h_t + b)`` (deterministic, Decision
 Transformer). :class:`OnlineDTActor`: a :class:`~rltrain.modules.TanhNormal` on the action bounds with
@@ -134,11 +135,13 @@ class DecisionTransformer(nn.Module):
         return mask.unsqueeze(1)
 
     def forward(self, observation: torch.Tensor, action: torch.Tensor, return_to_go: torch.Tensor,
-                timestep: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+                timestep: torch.Tensor | None, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, steps = observation.shape[:2]
         if steps > self.context_len:
             raise ValueError(f"context of {steps} steps is longer than the transformer's context_len "
                              f"{self.context_len}")
+        if timestep is None:
+            timestep = context_positions(batch, steps, pad_mask, observation.device)
         time = self.embed_timestep(timestep.long().clamp(0, self.max_ep_len - 1))
         tokens = torch.stack([self.embed_return(return_to_go), self.embed_state(observation),
                               self.embed_action(action)], dim=2) + time.unsqueeze(2)   # [B, T, 3, d]
@@ -148,6 +151,14 @@ class DecisionTransformer(nn.Module):
             x = block(x, attn_mask)
         x = self.final_ln(x)
         return x.view(batch, steps, TOKENS_PER_STEP, self.embed_dim)[:, :, STATE_TOKEN]
+
+
+def context_positions(batch: int, steps: int, pad_mask: torch.Tensor | None, device) -> torch.Tensor:
+    """Timesteps for a context without them (the reference's examples give none): each step's
+    position among the window's real steps, ``0, 1, ..`` from the first unpadded one (padded steps 0)."""
+    if pad_mask is None:
+        return torch.arange(steps, device=device).expand(batch, steps)
+    return (torch.cumsum((~pad_mask.bool()).long(), dim=1) - 1).clamp_min(0)
 
 
 def _gpt_init(module: nn.Module) -> None:
@@ -186,9 +197,11 @@ class _DTActorBase(TensorDictModuleBase):
         self.out_keys = out_keys
 
     def inputs(self, tensordict: TensorDictBase) -> list[torch.Tensor | None]:
-        """The ``in_keys`` tensors of a batch; a missing pad mask reads as None (nothing padded)."""
-        *required, pad_key = self.in_keys
-        return [tensordict.get(k) for k in required] + [tensordict.get(pad_key, None)]
+        """The ``in_keys`` tensors of a batch; a missing timestep reads as None (positions within the
+        context are used, :func:`context_positions`) and a missing pad mask as None (nothing padded)."""
+        *required, timestep_key, pad_key = self.in_keys
+        return ([tensordict.get(k) for k in required]
+                + [tensordict.get(timestep_key, None), tensordict.get(pad_key, None)])
 
 
 class DTActor(_DTActorBase):

@@ -3,7 +3,9 @@
 from rltrain.objectives.act import ACTLoss
 from rltrain.objectives.bc import BCLoss
 from rltrain.objectives.cal_ql import CalQLLoss
-from rltrain.objectives.common import LossModule, ValueEstimators, distance_loss, reduce_loss, td0_target
+from rltrain.objectives.common import (
+    LossModule, MissingKeyError, ValueEstimators, distance_loss, reduce_loss, td0_target,
+)
 from rltrain.objectives.cql import CQLLoss, DiscreteCQLLoss
 from rltrain.objectives.crossq import CrossQLoss
 from rltrain.objectives.ddpg import DDPGLoss
@@ -40,11 +42,22 @@ register_objective("dt")(DTLoss)
 register_objective("online_dt")(OnlineDTLoss)
 register_objective("gail")(GAILLoss)
 
+
+def __getattr__(name: str):
+    # The updaters import rltrain.objectives.common, so they are loaded on demand (as the reference
+    # page's ``from ... import SoftUpdate`` expects them next to the objectives).
+    if name in ("SoftUpdate", "HardUpdate"):
+        from rltrain import updaters
+
+        return getattr(updaters, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ACTLoss", "BCLoss", "CalQLLoss", "DTLoss", "OnlineDTLoss", "ClipPPOLoss", "DiffusionBCLoss", "GAILLoss",
     "PPOLoss", "gail_reward",
     "generalized_advantage_estimate", "CQLLoss", "DiscreteCQLLoss", "DiscreteIQLLoss", "IQLLoss", "TD3BCLoss",
     "CrossQLoss", "DDPGLoss", "DQNLoss", "DistributionalDQNLoss", "LossModule", "REDQLoss", "SACLoss", "TD3Loss",
     "ValueEstimators", "distance_loss", "get_objective", "reduce_loss", "register_objective",
-    "registered_objectives", "td0_target",
+    "registered_objectives", "td0_target", "SoftUpdate", "HardUpdate", "MissingKeyError",
 ]

@@ -20,6 +20,12 @@ batch shape ``[*B]``), then::
     loss_reconstruction = sg(recon)                      (metric)
     loss_kl             = sg(kl)                         (metric)
 
+**The actor's inputs.** The actor gets a fresh TensorDict holding the observation and the chunk
+under the reference's literal keys ``"observation"`` and ``"action_chunk"`` (the reference layout,
+what an actor written for the reference API reads) and also under the batch keys of ``set_keys``
+(``observation``, ``action_chunk``, default ``("vla_action", "chunk")``: rltrain's layout, what
+:class:`~rltrain.modules.ACTActor` reads by default), plus the padding mask if the batch has one.
+
 Only ``loss_act`` carries gradient and is listed in ``loss_groups``; the two components are
 detached, so a Trainer summing every ``loss_*`` entry trains exactly on ``loss_act``. The target
 chunk and the padding mask carry no gradient.
@@ -37,6 +43,8 @@ from torch import nn
 from rltrain.objectives.common import LossModule, NestedKey, loss_output
 
 DEFAULT_KL_WEIGHT = 10.0
+# The keys under which the reference's ACTLoss hands the actor its inputs.
+REFERENCE_OBSERVATION_KEY, REFERENCE_CHUNK_KEY = "observation", "action_chunk"
 
 
 def resolve_kl_weight(kl_weight: float | None, kl_coeff: float | None) -> float:
@@ -111,15 +119,19 @@ class ACTLoss(LossModule):
         return {"actor": list(self.actor_network.parameters())}
 
     def _actor_inputs(self, batch: TensorDictBase) -> tuple[TensorDict, torch.Tensor, torch.Tensor | None]:
-        """A fresh TensorDict with the observation, the chunk and (if present) the padding mask."""
+        """A fresh TensorDict with the observation and the chunk (under the reference's keys and the
+        batch's) and, if present, the padding mask."""
         keys = self._tensor_keys
         chunk = batch.get(keys.action_chunk)
         if not chunk.is_floating_point():
             raise ValueError(f"ACTLoss needs continuous (floating-point) action chunks, got dtype {chunk.dtype}: "
                              "use a Box action space")
         pad = batch.get(keys.action_is_pad, None)
-        inputs = TensorDict({keys.observation: batch.get(keys.observation), keys.action_chunk: chunk},
+        observation = batch.get(keys.observation)
+        inputs = TensorDict({REFERENCE_OBSERVATION_KEY: observation, REFERENCE_CHUNK_KEY: chunk},
                             batch_size=batch.batch_size, device=batch.device)
+        inputs.set(keys.observation, observation)
+        inputs.set(keys.action_chunk, chunk)
         if pad is not None:
             inputs.set(keys.action_is_pad, pad)
         return inputs, chunk, pad

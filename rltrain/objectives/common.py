@@ -16,7 +16,12 @@ Shared math:
   ``"smooth_l1"`` -> Huber with beta = 1;
 * TD(0) target ``y = r + gamma^n * (1 - terminated) * V(s')`` -- bootstrapping is cut by
   *terminated* only, so a truncated step (a time limit) still bootstraps; ``n`` is
-  ``steps_to_next_obs`` when the batch has it (n-step returns), else 1;
+  ``steps_to_next_obs`` when the batch has it (n-step returns), else 1. Objectives that bootstrap
+  also take TD(1) and TD(lambda) on trajectory batches ``[..., T]``
+  (:mod:`rltrain.objectives.value_estimators`, chosen with ``make_value_estimator``);
+* a batch that lacks a key the objective reads raises :class:`MissingKeyError` (a ``KeyError``)
+  naming the key, the keys read and the configurable keys (:func:`report_missing_keys`, applied to
+  every objective's ``forward`` and ``forward_terms``);
 * reduction over the batch: ``"mean"`` (or ``None``), ``"sum"``, ``"none"``; with priority weights
   ``w`` (``batch["priority_weight"]``), mean is ``sum(w * l) / sum(w)`` and sum is ``sum(w * l)``.
 """
@@ -24,7 +29,7 @@ Shared math:
 from __future__ import annotations
 
 import dataclasses
-import enum
+import functools
 import math
 import warnings
 from typing import ClassVar
@@ -35,10 +40,13 @@ from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
 from rltrain.modules.ensemble import frozen_copy
+from rltrain.objectives.value_estimators import ValueEstimators, parse_value_estimator, td0_return, td_lambda_return
 
 NestedKey = str | tuple[str, ...]
 
 LOSS_FUNCTIONS = ("l1", "l2", "smooth_l1")
+#: the estimators of objectives that bootstrap from a next-state value (the reference's TD0/TD1/TDLambda)
+BOOTSTRAP_ESTIMATORS = (ValueEstimators.TD0, ValueEstimators.TD1, ValueEstimators.TDLambda)
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -52,12 +60,6 @@ class TransitionKeys:
     done: NestedKey = "done"
     terminated: NestedKey = "terminated"
     priority_weight: NestedKey = "priority_weight"
-
-
-class ValueEstimators(enum.Enum):
-    """Value estimators an off-policy objective can use for its bootstrap target."""
-
-    TD0 = "td0"
 
 
 def next_key(key: NestedKey) -> tuple[str, ...]:
@@ -98,7 +100,65 @@ def td0_target(reward: torch.Tensor, terminated: torch.Tensor, next_value: torch
     Terminated rows are masked with ``where``, so a non-finite ``V(s')`` there (e.g. a NaN next
     observation after the end of an episode) does not leak into the target.
     """
-    return torch.where(terminated.bool(), reward, reward + gamma * next_value)
+    return td0_return(reward, terminated, next_value, gamma)
+
+
+class MissingKeyError(KeyError):
+    """A batch lacks a key an objective reads."""
+
+
+class _KeyProbe(TensorDict):
+    """A shallow view of a batch that records the keys read without a default (the required ones)."""
+
+    def get(self, key, *default, **kwargs):
+        if default or "default" in kwargs:
+            return super().get(key, *default, **kwargs)
+        self._read.setdefault(key, None)
+        try:
+            value = super().get(key)
+        except KeyError:
+            value = None
+        if value is None:
+            self._missing.setdefault(key, None)
+        return value
+
+
+def _probe_missing_keys(method, loss: LossModule, batch: TensorDictBase, args, kwargs):
+    """Re-run ``method`` on a recording view of ``batch``: ``(missing keys, keys read)``."""
+    probe = _KeyProbe._new_unsafe(source=dict(batch.items()), batch_size=batch.batch_size, device=batch.device)
+    probe._read, probe._missing = {}, {}
+    try:
+        with torch.no_grad():
+            method(loss, probe, *args, **kwargs)
+    except Exception:  # noqa: BLE001 -- the probe run fails by design at the first missing key
+        pass
+    return list(probe._missing), list(probe._read)
+
+
+def report_missing_keys(method):
+    """Wrap an objective's ``forward``/``forward_terms``: when it fails on a batch that lacks a key it
+    reads (tensordict returns None, and the math then fails on it), raise :class:`MissingKeyError`
+    naming that key instead. Free on success; on failure the call is repeated once on a recording
+    view of the batch to find the key."""
+
+    @functools.wraps(method)
+    def checked(self, batch, *args, **kwargs):
+        try:
+            return method(self, batch, *args, **kwargs)
+        except (TypeError, AttributeError, KeyError) as err:
+            if isinstance(err, MissingKeyError) or not isinstance(batch, TensorDictBase):
+                raise
+            missing, read = _probe_missing_keys(method, self, batch, args, kwargs)
+            if not missing:
+                raise
+            configurable = {f.name: getattr(self._tensor_keys, f.name) for f in dataclasses.fields(self._tensor_keys)}
+            raise MissingKeyError(
+                f"{type(self).__name__}: the batch has no key {missing[0]!r}. The keys it expects (those read "
+                f"before it stopped): {read}; its configurable keys (set_keys): {configurable}; the batch has "
+                f"{sorted(batch.keys(True, True), key=str)}") from err
+
+    checked.reports_missing_keys = True
+    return checked
 
 
 def reduce_loss(loss: torch.Tensor, reduction: str, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -131,6 +191,15 @@ class LossModule(nn.Module):
 
     loss_groups: ClassVar[dict[str, str]] = {}
     default_value_estimator: ClassVar[ValueEstimators] = ValueEstimators.TD0
+    #: what ``make_value_estimator`` accepts; objectives that bootstrap add TD1 and TDLambda
+    supported_value_estimators: ClassVar[tuple[ValueEstimators, ...]] = (ValueEstimators.TD0,)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("forward", "forward_terms"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "reports_missing_keys", False):
+                setattr(cls, name, report_missing_keys(method))
 
     def _init_common(self, *, loss_function: str, reduction: str | None, gamma, priority_key,
                      use_prioritized_weights: bool | str = "auto") -> None:
@@ -149,6 +218,8 @@ class LossModule(nn.Module):
         self._targets: list[tuple[str, str]] = []
         self._targets_version = 0
         self.value_type = self.default_value_estimator
+        self.td_lambda = 0.95
+        self.time_dim: int | None = None
         self.register_buffer("gamma", torch.tensor(0.99))
 
     # ---- keys ----------------------------------------------------------------------------
@@ -167,21 +238,50 @@ class LossModule(nn.Module):
 
     # ---- value estimator --------------------------------------------------------------------
     def make_value_estimator(self, value_type: ValueEstimators | str | None = None, *,
-                             gamma: float | None = None, **hyperparams) -> LossModule:
-        """Choose the bootstrap estimator and its discount. Off-policy objectives use TD(0)."""
+                             gamma: float | None = None, lmbda: float | None = None, time_dim: int | None = None,
+                             **hyperparams) -> LossModule:
+        """Choose the bootstrap estimator (``supported_value_estimators``) and its discount.
+
+        ``lmbda`` is TD(lambda)'s lambda (default 0.95); ``time_dim`` the batch dimension that is time
+        for TD(1)/TD(lambda) (default: the last batch dimension, which must then not be the only one:
+        a flat replay sample is not a trajectory).
+        """
         if value_type is not None:
-            try:
-                name = value_type.value if isinstance(value_type, enum.Enum) else value_type.lower()
-                value_type = ValueEstimators(name)
-            except (ValueError, AttributeError):
-                raise ValueError(f"{type(self).__name__} supports the value estimators "
-                                 f"{[v.value for v in ValueEstimators]}, got {value_type!r}") from None
-            self.value_type = value_type
+            self.value_type = parse_value_estimator(value_type, type(self).__name__, self.supported_value_estimators)
         if hyperparams:
-            raise TypeError(f"unexpected value-estimator arguments {sorted(hyperparams)}; TD(0) takes only gamma")
+            raise TypeError(f"unexpected value-estimator arguments {sorted(hyperparams)}; accepted: gamma, lmbda, "
+                            "time_dim")
         if gamma is not None:
+            if not 0.0 <= gamma <= 1.0:
+                raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
             self.gamma.fill_(float(gamma))
+        if lmbda is not None:
+            if not 0.0 <= lmbda <= 1.0:
+                raise ValueError(f"lmbda must lie in [0, 1], got {lmbda}")
+            self.td_lambda = float(lmbda)
+        if time_dim is not None:
+            self.time_dim = int(time_dim)
         return self
+
+    def _value_target(self, batch: TensorDictBase, reward: torch.Tensor, terminated: torch.Tensor,
+                      next_value: torch.Tensor, discount: float | torch.Tensor) -> torch.Tensor:
+        """The bootstrapped target of the chosen estimator (:mod:`rltrain.objectives.value_estimators`);
+        ``reward``, ``terminated`` and ``next_value`` share one shape ``[*B]`` or ``[*B, 1]``."""
+        if self.value_type is ValueEstimators.TD0:
+            return td0_return(reward, terminated, next_value, discount)
+        time_dim = self.time_dim
+        if time_dim is None:
+            if batch.batch_dims < 2:
+                raise ValueError(f"{type(self).__name__}: {self.value_type.value} needs trajectory batches [..., T]; "
+                                 f"got batch shape {tuple(batch.batch_size)} (a flat replay sample is not a "
+                                 "trajectory): pass make_value_estimator(time_dim=0) for a single trajectory")
+            time_dim = batch.batch_dims - 1
+        done = batch.get(next_key(self._tensor_keys.done), None)
+        done = terminated if done is None else done.reshape(terminated.shape).bool()
+        lmbda = 1.0 if self.value_type is ValueEstimators.TD1 else self.td_lambda
+        discount = torch.as_tensor(discount, dtype=reward.dtype, device=reward.device)
+        return td_lambda_return(reward, done, terminated, next_value, discount.reshape(
+            discount.shape if discount.dim() == 0 else reward.shape), lmbda, time_dim)
 
     def _discount(self, batch: TensorDictBase) -> torch.Tensor:
         steps = batch.get("steps_to_next_obs", None)

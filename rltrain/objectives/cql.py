@@ -71,7 +71,7 @@ from torch import nn
 from rltrain.modules.actors import ProbabilisticActor, ValueOperator
 from rltrain.modules.qvalue import QValueActor
 from rltrain.modules.specs import Bounded, Categorical, OneHot
-from rltrain.objectives.common import NestedKey, TransitionKeys, critic_inputs, loss_output, next_key, td0_target
+from rltrain.objectives.common import NestedKey, TransitionKeys, critic_inputs, loss_output, next_key
 from rltrain.objectives.dqn import DQNLoss, _reward_and_terminated
 from rltrain.objectives.sac import SACLoss
 
@@ -259,7 +259,7 @@ class CQLLoss(SACLoss):
             next_value = next_q.min(0).values
             if not self.deterministic_backup:
                 next_value = next_value - alpha * next_log_prob
-        return td0_target(reward, terminated, next_value, discount)
+        return self._value_target(batch, reward, terminated, next_value, discount)
 
     @torch.no_grad()
     def sample_penalty_actions(self, dist: torch.distributions.Distribution,
@@ -407,7 +407,8 @@ class DiscreteCQLLoss(DQNLoss):
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
 
     Output: ``loss_qvalue``, ``loss_cql`` and the detached batch means ``td_error`` ``[1]``
-    (of ``(Q(s, a) - y)^2``), ``pred_value`` and ``target_value``. Written into the input batch:
+    (of ``(Q(s, a) - y)^2``), ``pred_value`` (of ``Q(s, .)`` over every action, as the reference
+    reports it) and ``target_value``. Written into the input batch:
     the priority ``(Q(s, a) - y)^2`` and ``pred_val`` = ``Q(s, .)``, detached.
     """
 
@@ -438,7 +439,7 @@ class DiscreteCQLLoss(DQNLoss):
         keys = self._tensor_keys
         reward, terminated = _reward_and_terminated(batch, keys)
         next_value = self._next_value([batch.get(next_key(k)) for k in self.obs_keys])
-        target = td0_target(reward, terminated, next_value, self._discount(batch))
+        target = self._value_target(batch, reward, terminated, next_value, self._discount(batch))
 
         values = self.value_network.action_values(*(batch.get(k) for k in self.obs_keys))
         pred = self._chosen_value(values, batch.get(keys.action))
@@ -451,6 +452,6 @@ class DiscreteCQLLoss(DQNLoss):
             "loss_qvalue": self._reduce(loss_qvalue),
             "loss_cql": self._reduce(loss_cql),
             "td_error": td_error.mean(0),
-            "pred_value": pred.detach().mean(),
+            "pred_value": values.detach().mean(),
             "target_value": target.mean(),
         })

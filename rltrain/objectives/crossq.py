@@ -47,7 +47,8 @@ from rltrain.modules.actors import ProbabilisticActor, ValueOperator
 from rltrain.modules.batchrenorm import StackedBRNMLP
 from rltrain.modules.ensemble import fresh_copies
 from rltrain.objectives.common import (
-    LossModule, NestedKey, TemperatureMixin, critic_inputs, loss_output, next_key, resolve_target_entropy, td0_target,
+    BOOTSTRAP_ESTIMATORS,
+    LossModule, NestedKey, TemperatureMixin, critic_inputs, loss_output, next_key, resolve_target_entropy,
 )
 
 
@@ -83,6 +84,8 @@ class CrossQLoss(TemperatureMixin, LossModule):
             not ``vmap``.
         scalar_output_mode: with ``reduction="none"``: ``None`` (warn) or ``"exclude"``.
     """
+
+    supported_value_estimators = BOOTSTRAP_ESTIMATORS
 
     @dataclasses.dataclass
     class _AcceptedKeys:
@@ -134,7 +137,17 @@ class CrossQLoss(TemperatureMixin, LossModule):
                             f"got {type(reference).__name__}")
         self.qvalue_in_keys = list(reference.in_keys)
         modules = [m.module for m in members] if members else fresh_copies(reference.module, num_qvalue_nets)
-        self.qvalue_network = StackedBRNMLP(modules)
+        try:
+            self.qvalue_network = StackedBRNMLP(modules)
+        except TypeError as err:
+            raise TypeError(
+                f"CrossQLoss: {err}. CrossQ's critic must be a stack of Linear, BatchRenorm1d (or affine "
+                "BatchNorm1d) layers and parameter-free activations -- an nn.Sequential, rltrain.modules.MLP or "
+                "rltrain.modules.BRNMLP inside a ValueOperator -- because the K critics are stacked into batched "
+                "matmuls whose normalization layers see the current and next state-action rows together (that "
+                "shared batch statistic replaces target networks). A custom module (e.g. a QNet with its own "
+                "forward) cannot be stacked that way: build the critic as BRNMLP(obs_dim + act_dim, 1, (2048, "
+                "2048)) wrapped in ValueOperator(..., in_keys=['observation', 'action'])") from None
         self.num_qvalue_nets = self.qvalue_network.num_members
 
         self._init_alpha(alpha_init, min_alpha, max_alpha, fixed_alpha)
@@ -198,7 +211,7 @@ class CrossQLoss(TemperatureMixin, LossModule):
         pred, next_q = q.split(action.shape[0], dim=1)
         with torch.no_grad():
             next_value = next_q.min(0).values - alpha * next_log_prob
-            target = td0_target(reward, terminated, next_value, discount)
+            target = self._value_target(batch, reward, terminated, next_value, discount)
         loss = self._distance(pred, target.expand_as(pred)).sum(0)
         td_error = (pred.detach() - target).abs().max(0).values
         return loss, td_error

@@ -27,7 +27,7 @@ from torch import nn
 
 from rltrain.modules.actors import Actor, ValueOperator, call_tensors
 from rltrain.modules.ensemble import make_ensemble
-from rltrain.objectives.common import LossModule, NestedKey, TransitionKeys, loss_output, next_key, td0_target
+from rltrain.objectives.common import BOOTSTRAP_ESTIMATORS, LossModule, NestedKey, TransitionKeys, loss_output, next_key
 
 
 class DDPGLoss(LossModule):
@@ -56,6 +56,8 @@ class DDPGLoss(LossModule):
     ``target_value_max``. The priority ``(Q_phi(s, a) - y)^2`` is also written into the input
     batch under ``tensor_keys.priority``.
     """
+
+    supported_value_estimators = BOOTSTRAP_ESTIMATORS
 
     @dataclasses.dataclass
     class _AcceptedKeys(TransitionKeys):
@@ -130,7 +132,7 @@ class DDPGLoss(LossModule):
             next_state = self._read_state(batch, next_state=True)
             next_action = self._act(self.target_actor_network, next_state)
             next_value = self._q(self.target_value_network, next_state, next_action, detach=True)
-            target = td0_target(reward, terminated, next_value, discount)
+            target = self._value_target(batch, reward, terminated, next_value, discount)
         pred = self._q(self.value_network, state, batch.get(self.action_key))
         loss_value = self._distance(pred, target)
         pred = pred.detach()

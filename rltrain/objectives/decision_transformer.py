@@ -41,6 +41,9 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
+from rltrain.modules.actors import ProbabilisticActor
+from rltrain.modules.distributions import TanhNormal
+from rltrain.modules.transformer import OnlineDTActor
 from rltrain.objectives.common import (
     LossModule, NestedKey, TemperatureMixin, loss_output, reduce_loss, resolve_target_entropy,
 )
@@ -56,6 +59,14 @@ def masked_reduce(loss: torch.Tensor, valid: torch.Tensor | None, reduction: str
         return masked
     total = masked.sum()
     return total if reduction == "sum" else total / keep.sum().clamp_min(1)
+
+
+def _sample_log_prob(dist: torch.distributions.Distribution, samples: int) -> torch.Tensor:
+    """``log pi(a~)`` of ``samples`` reparameterised draws ``[S, *batch]``."""
+    if isinstance(dist, TanhNormal):
+        return dist.rsample_and_log_prob(torch.Size([samples]))[1]
+    log_prob = dist.log_prob(dist.rsample(torch.Size([samples])))
+    return log_prob if log_prob.dim() == len(dist.batch_shape) + 1 else log_prob.sum(-1)
 
 
 @dataclasses.dataclass
@@ -129,8 +140,10 @@ class OnlineDTLoss(TemperatureMixin, _SequenceLoss):
     """Online Decision Transformer's objective: log-likelihood, entropy bonus and temperature.
 
     Args:
-        actor_network: an :class:`~rltrain.modules.OnlineDTActor` (``distribution(*inputs)``,
-            ``inputs(td)``, ``spec``).
+        actor_network: an :class:`~rltrain.modules.OnlineDTActor`, or a
+            :class:`~rltrain.modules.ProbabilisticActor` over a sequence module (what the reference's
+            example builds: a module writing ``loc``/``scale`` per context step and a TanhNormal).
+            Either gives the per-step distribution with ``get_dist(batch)``.
         alpha_init, min_alpha, max_alpha, fixed_alpha: the temperature, as in SACLoss.
         target_entropy: ``"auto"`` (``-dim A``, from ``actor_network.spec``) or a number.
         samples_mc_entropy: reparameterised samples per step for the entropy estimate.
@@ -147,9 +160,11 @@ class OnlineDTLoss(TemperatureMixin, _SequenceLoss):
                  max_alpha: float | None = None, fixed_alpha: bool = False, target_entropy: str | float = "auto",
                  samples_mc_entropy: int = 1, reduction: str | None = None, scalar_output_mode: str | None = None):
         super().__init__()
-        if not (hasattr(actor_network, "distribution") and hasattr(actor_network, "inputs")):
-            raise TypeError("OnlineDTLoss needs a stochastic sequence actor (rltrain.modules.OnlineDTActor), "
-                            f"got {type(actor_network).__name__}")
+        if not isinstance(actor_network, (OnlineDTActor, ProbabilisticActor)):
+            raise TypeError("OnlineDTLoss needs a stochastic sequence actor whose distribution it can score and "
+                            "sample with gradient: a rltrain.modules.OnlineDTActor or a rltrain.modules."
+                            "ProbabilisticActor (e.g. TanhNormal) over a module that reads the context; got "
+                            f"{type(actor_network).__name__}")
         if samples_mc_entropy < 1:
             raise ValueError(f"samples_mc_entropy must be at least 1, got {samples_mc_entropy}")
         self._init_common(loss_function="l2", reduction=reduction, gamma=None, priority_key=None,
@@ -164,12 +179,21 @@ class OnlineDTLoss(TemperatureMixin, _SequenceLoss):
     def _group_members(self) -> dict[str, list[nn.Parameter]]:
         return {"actor": list(self.actor_network.parameters()), "alpha": self._alpha_group()}
 
+    def _distribution(self, batch: TensorDictBase) -> torch.distributions.Distribution:
+        """The per-step policy; a ProbabilisticActor writes its parameters into a shallow copy."""
+        if isinstance(self.actor_network, OnlineDTActor):
+            return self.actor_network.distribution(*self._actor_inputs(batch))
+        return self.actor_network.get_dist(batch.copy())
+
     def forward(self, batch: TensorDictBase) -> TensorDict:
         alpha = self._alpha
         valid = self._valid_steps(batch)
-        dist = self.actor_network.distribution(*self._actor_inputs(batch))
-        log_likelihood = dist.log_prob(self._target(batch))                                   # [B, T]
-        _, sample_log_prob = dist.rsample_and_log_prob(torch.Size([self.samples_mc_entropy]))
+        dist = self._distribution(batch)
+        target = self._target(batch)
+        log_likelihood = dist.log_prob(target)                                               # [B, T]
+        if log_likelihood.dim() == target.dim():  # a distribution without an event dim (a plain Normal)
+            log_likelihood = log_likelihood.sum(-1)
+        sample_log_prob = _sample_log_prob(dist, self.samples_mc_entropy)
         entropy = -sample_log_prob.mean(0)                                                   # [B, T]
 
         out = {

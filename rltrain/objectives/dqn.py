@@ -6,7 +6,8 @@ stop-gradient, ``d`` = the distance of ``loss_function``, :math:`\gamma^n` the d
 ``steps_to_next_obs`` for n-step batches, else 1). Bootstrapping is cut by *terminated* only.
 
 **DQN** (Mnih et al. 2015). ``Q(s, a)`` is the entry of the taken action: ``gather`` for an int64
-index (``"categorical"``), ``sum(Q(s, .) * a)`` for a one-hot action::
+index (``"categorical"``), ``sum(Q(s, .) * a)`` for a one-hot (or several-choice, or binary) action,
+whose ``max_a'`` is taken per choice (:class:`~rltrain.modules.qvalue.QValueActor`)::
 
     y = r + gamma^n * (1 - terminated) * max_a' Q_{bar phi}(s', a')          (no gradient)
     loss = R( d(Q_phi(s, a), y) ),  priority = (Q_phi(s, a) - y)^2
@@ -39,6 +40,7 @@ have one term, ``loss``, whose gradient reaches only the online network (group `
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -52,7 +54,7 @@ from rltrain.modules.qvalue import (
     resolve_action_space,
 )
 from rltrain.modules.specs import Categorical, OneHot
-from rltrain.objectives.common import LossModule, NestedKey, TransitionKeys, loss_output, next_key, td0_target
+from rltrain.objectives.common import BOOTSTRAP_ESTIMATORS, LossModule, NestedKey, TransitionKeys, loss_output, next_key
 
 
 def _reward_and_terminated(batch: TensorDictBase, keys) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,10 +73,31 @@ def _categorical_index(action: torch.Tensor, batch_dims: int) -> torch.Tensor:
 
 
 def _check_one_hot(action: torch.Tensor, expected_shape: tuple[int, ...], owner: str) -> None:
-    """A one-hot action must be shaped ``[*B, nA]``; an int64 index ``[*B]`` here is a config mistake."""
+    """A one-hot (or several-choice, or binary) action must be shaped like ``Q(s, .)``, ``[*B, nA]``; an
+    int64 index ``[*B]`` here is a config mistake."""
     if tuple(action.shape) != tuple(expected_shape):
         raise ValueError(f"{owner}: one-hot actions must be shaped {tuple(expected_shape)} ([*B, n_actions]), got "
                          f"{tuple(action.shape)}; for integer action indices use action_space='categorical'")
+
+
+def check_support_covers_returns(vmin: float, vmax: float, reward_range: tuple[float, float] | None,
+                                 gamma: float, where: str = "C51") -> bool:
+    """Warn when the discounted-return bounds ``r_min / (1 - gamma)`` .. ``r_max / (1 - gamma)`` of a
+    per-step reward range fall outside the support ``[vmin, vmax]`` (the projection clamps every target
+    atom into it, so the values saturate there). Returns whether the support covers them; with no
+    ``reward_range`` (unknown) there is nothing to check."""
+    if reward_range is None:
+        return True
+    r_min, r_max = (float(r) for r in reward_range)
+    horizon = float("inf") if gamma >= 1.0 else 1.0 / (1.0 - gamma)
+    low, high = min(r_min * horizon, r_min), max(r_max * horizon, r_max)
+    if low >= vmin and high <= vmax:
+        return True
+    warnings.warn(f"{where}: the support [{vmin:g}, {vmax:g}] does not cover the discounted returns the rewards "
+                  f"allow, [{low:g}, {high:g}] (per-step rewards in [{r_min:g}, {r_max:g}], gamma {gamma:g}): values "
+                  "beyond the support saturate. Widen it (env.c51_support or algo.support.vmin/vmax).",
+                  UserWarning, stacklevel=2)
+    return False
 
 
 class DQNLoss(LossModule):
@@ -91,12 +114,16 @@ class DQNLoss(LossModule):
             network; needs ``delay_value=True``.
         gamma: deprecated, must be ``None``: use ``make_value_estimator(gamma=...)``.
         action_space: how the batch's ``action`` is stored: ``"one_hot"``/``"one-hot"``,
-            ``"categorical"`` (int64 index ``[B]`` or ``[B, 1]``) or a OneHot/Categorical spec.
+            ``"categorical"`` (int64 index ``[B]`` or ``[B, 1]``), ``"mult_one_hot"`` (concatenated
+            one-hot vectors; the actor needs ``var_nums``), ``"binary"`` (0/1 vector), or a spec.
+            For the last two ``Q(s, a) = sum_j Q(s, .)_j a_j`` (see :mod:`rltrain.modules.qvalue`).
             Default: the actor's action space.
         priority_key: deprecated, must be ``None``: use ``set_keys(priority=...)``.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
         use_prioritized_weights: ``"auto"`` (use ``priority_weight`` if present), True or False.
     """
+
+    supported_value_estimators = BOOTSTRAP_ESTIMATORS
 
     @dataclasses.dataclass
     class _AcceptedKeys(TransitionKeys):
@@ -158,16 +185,16 @@ class DQNLoss(LossModule):
         next_values = self.target_value_network.action_values(*next_obs)
         if self.double_dqn:
             # A separate no-grad call: cheaper than one call on [s; s'] whose backward would span both halves.
-            best = self.value_network.action_values(*next_obs).argmax(-1, keepdim=True)
-            return next_values.gather(-1, best)
-        return next_values.max(-1, keepdim=True).values
+            best = self.value_network.greedy(self.value_network.action_values(*next_obs))
+            return self.value_network.value_of(next_values, best)
+        return self.value_network.max_value(next_values)
 
     def forward(self, batch: TensorDictBase) -> TensorDict:
         keys = self._tensor_keys
         weight = self._priority_weight(batch)
         reward, terminated = _reward_and_terminated(batch, keys)
         next_value = self._next_value([batch.get(next_key(k)) for k in self.obs_keys])
-        target = td0_target(reward, terminated, next_value, self._discount(batch))
+        target = self._value_target(batch, reward, terminated, next_value, self._discount(batch))
 
         values = self.value_network.action_values(*(batch.get(k) for k in self.obs_keys))
         pred = self._chosen_value(values, batch.get(keys.action))

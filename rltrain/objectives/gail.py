@@ -31,8 +31,15 @@ computed as ``-logaddexp(-softplus(z), log 1e-8)``, since ``1 - sigmoid(z) = exp
 ``softplus(z)`` for moderate logits, capped at ``-log 1e-8 ~ 18.4`` for very expert-like pairs,
 never ``inf`` or ``nan``.
 
-Differences from TorchRL (decided in the spec): the network outputs logits, not probabilities, and
-the loss is BCE-with-logits; ``eta`` is drawn per row, not per element.
+**A discriminator that outputs probabilities** (``discriminator_output="probs"``, the reference's
+convention, ``p = D_w(s, a)`` in [0, 1]): the same loss written on ``p``, each log clamped at -100
+as ``torch.nn.BCELoss`` does, the penalty on the gradient of ``p``, and the reward ``-log(1 - p + 1e-8)``::
+
+    l = -max(log p_E, -100) - max(log(1 - p_C), -100)
+
+Differences from TorchRL (decided in the spec): by default the network outputs logits, not
+probabilities, and the loss is BCE-with-logits (finite for any output, where ``log p`` saturates);
+``eta`` is drawn per row, not per element.
 """
 
 from __future__ import annotations
@@ -62,6 +69,22 @@ def discriminator_bce(expert_logits: torch.Tensor, collector_logits: torch.Tenso
     return F.softplus(-expert_logits) + F.softplus(collector_logits)
 
 
+BCE_LOG_MIN = -100.0  # torch.nn.BCELoss's clamp of each log
+
+
+def discriminator_bce_from_probs(expert_probs: torch.Tensor, collector_probs: torch.Tensor) -> torch.Tensor:
+    """Per-row ``BCE(expert, 1) + BCE(collector, 0)`` on probabilities (logs clamped at -100)."""
+    return -expert_probs.log().clamp_min(BCE_LOG_MIN) - torch.log1p(-collector_probs).clamp_min(BCE_LOG_MIN)
+
+
+def gail_reward_from_probs(d_probs: torch.Tensor) -> torch.Tensor:
+    """``-log(1 - p + 1e-8)`` for a discriminator that outputs probabilities."""
+    return -torch.log1p(REWARD_EPS - d_probs)
+
+
+DISCRIMINATOR_OUTPUTS = ("logits", "probs")
+
+
 class GAILLoss(LossModule):
     """The GAIL discriminator objective (see the module docstring for the math).
 
@@ -71,6 +94,9 @@ class GAILLoss(LossModule):
         use_grad_penalty: add the gradient penalty.
         gp_lambda: its weight (>= 0).
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-row ``[*B]``).
+        discriminator_output: ``"logits"`` (default: ``sigmoid`` of the output is the probability
+            of expert data) or ``"probs"`` (the output is that probability, e.g. a final Sigmoid
+            layer, as the reference's example discriminators are written).
         actor_network: accepted because the reference page passes it; the discriminator loss does
             not use the policy, so it is ignored (the policy is trained by PPO or SAC on
             :func:`gail_reward`).
@@ -95,7 +121,8 @@ class GAILLoss(LossModule):
     loss_groups = {"loss": "discriminator"}
 
     def __init__(self, discriminator_network: nn.Module, *, use_grad_penalty: bool = False, gp_lambda: float = 10.0,
-                 reduction: str | None = None, actor_network: nn.Module | None = None):
+                 reduction: str | None = None, actor_network: nn.Module | None = None,
+                 discriminator_output: str = "logits"):
         super().__init__()
         if not (hasattr(discriminator_network, "logits") or hasattr(discriminator_network, "in_keys")):
             raise ValueError("GAILLoss needs a discriminator: a rltrain.modules.Discriminator or a TensorDict module "
@@ -103,6 +130,10 @@ class GAILLoss(LossModule):
                              f"{type(discriminator_network).__name__}")
         if gp_lambda < 0:
             raise ValueError(f"gp_lambda must be >= 0, got {gp_lambda}")
+        if discriminator_output not in DISCRIMINATOR_OUTPUTS:
+            raise ValueError(f"GAILLoss: discriminator_output must be one of {DISCRIMINATOR_OUTPUTS}, got "
+                             f"{discriminator_output!r}")
+        self.discriminator_output = discriminator_output
         self._init_common(loss_function="l2", reduction=reduction, gamma=None, priority_key=None,
                           use_prioritized_weights=False)
         self.discriminator_network = discriminator_network
@@ -127,6 +158,11 @@ class GAILLoss(LossModule):
             raise ValueError(f"GAILLoss: the discriminator reads {unknown}, which are not the expert keys "
                              f"{list(by_key)}; give it in_keys=[observation key, action key] or set_keys(...)")
         return call_tensors(net, *(by_key[k] for k in net.in_keys))[0]
+
+    def policy_reward(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The policy's reward ``-log(1 - D(s, a) + 1e-8)`` ``[*B, 1]``, for either discriminator output."""
+        output = self.discriminate(observation, action)
+        return gail_reward(output) if self.discriminator_output == "logits" else gail_reward_from_probs(output)
 
     def _float_action(self, action: torch.Tensor, batch_dims: int) -> torch.Tensor:
         encode = getattr(self.discriminator_network, "encode_action", None)
@@ -167,8 +203,9 @@ class GAILLoss(LossModule):
         if expert_obs.shape != collector_obs.shape:
             raise ValueError(f"GAILLoss: expert and collector observations must have one shape (one pair per row), got "
                              f"{tuple(expert_obs.shape)} and {tuple(collector_obs.shape)}")
-        loss = discriminator_bce(*self._expert_and_collector_logits(
-            expert_obs, expert_action, collector_obs, collector_action)).squeeze(-1)
+        bce = discriminator_bce if self.discriminator_output == "logits" else discriminator_bce_from_probs
+        loss = bce(*self._expert_and_collector_logits(expert_obs, expert_action, collector_obs,
+                                                      collector_action)).squeeze(-1)
         out = {}
         if self.use_grad_penalty:
             gp = self.gradient_penalty(expert_obs, expert_action, collector_obs, collector_action, batch.batch_dims)

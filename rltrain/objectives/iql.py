@@ -24,7 +24,16 @@ the *dataset* action ``a`` only: IQL never evaluates an action the data does not
     loss_actor = R( -w * log pi_theta(a|s) ),   entropy = -mean(sg(log pi_theta(a|s)))
 
 ``entropy`` is the negative log-likelihood of the dataset actions (a logging metric, not the
-policy's entropy). A :class:`~rltrain.modules.TanhNormal` policy re-scores a dataset action after
+policy's entropy).
+
+**Deterministic actor** (an :class:`~rltrain.modules.Actor` ``mu_theta(s)``; CORL's
+``iql_deterministic: true``, its tuned setting for hopper-medium and hopper-medium-replay): the
+log-likelihood is replaced by the squared error to the dataset action, summed over the action
+dimensions -- AWR on a Gaussian of fixed variance, up to constants::
+
+    loss_actor = R( w * ||mu_theta(s) - a||^2 )
+
+(no ``entropy`` metric and no log-probability written). A :class:`~rltrain.modules.TanhNormal` policy re-scores a dataset action after
 clamping it strictly inside the bounds, so actions lying on the bounds have finite log-probabilities.
 
 **Discrete actions** (:class:`DiscreteIQLLoss`): each critic maps ``s`` to ``Q(s, .)`` ``[*B, nA]``
@@ -44,11 +53,11 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
-from rltrain.modules.actors import CategoricalActor, ProbabilisticActor, ValueOperator, call_tensors
+from rltrain.modules.actors import Actor, CategoricalActor, ProbabilisticActor, ValueOperator, call_tensors
 from rltrain.modules.ensemble import make_ensemble
-from rltrain.modules.qvalue import CATEGORICAL, resolve_action_space
+from rltrain.modules.qvalue import CATEGORICAL, SINGLE_CHOICE_SPACES, resolve_action_space
 from rltrain.modules.specs import Categorical, OneHot
-from rltrain.objectives.common import LossModule, NestedKey, loss_output, next_key, td0_target
+from rltrain.objectives.common import BOOTSTRAP_ESTIMATORS, LossModule, NestedKey, loss_output, next_key
 from rltrain.objectives.dqn import _categorical_index
 
 AWR_WEIGHT_MAX = 100.0
@@ -71,6 +80,8 @@ class _ImplicitQLearning(LossModule):
     Subclasses say how the critics and the policy read the dataset action (:meth:`_data_action`,
     :meth:`_critic_at_data`, :meth:`_data_log_prob`).
     """
+
+    supported_value_estimators = BOOTSTRAP_ESTIMATORS
 
     @dataclasses.dataclass
     class _AcceptedKeys:
@@ -108,6 +119,7 @@ class _ImplicitQLearning(LossModule):
                             f"got {type(value_network).__name__}")
         self.temperature = float(temperature)
         self.expectile = float(expectile)
+        self.deterministic_actor = isinstance(actor_network, Actor)
         self.separate_losses = separate_losses
         self.scalar_output_mode = scalar_output_mode
 
@@ -184,7 +196,7 @@ class _ImplicitQLearning(LossModule):
         reward, terminated, discount = self._transition(batch)
         with torch.no_grad():
             next_value = self._state_value([batch.get(next_key(k)) for k in self.value_in_keys])
-            target = td0_target(reward, terminated, next_value, discount)
+            target = self._value_target(batch, reward, terminated, next_value, discount)
         pred = self._critic_at_data(self.qvalue_network, critic_inputs, action)
         loss = self._distance(pred, target.expand_as(pred)).sum(0)
         priority = (pred.detach() - target).pow(2).max(0).values
@@ -193,8 +205,12 @@ class _ImplicitQLearning(LossModule):
 
     def _actor_terms(self, batch: TensorDictBase, obs: list[torch.Tensor], action: torch.Tensor,
                      advantage: torch.Tensor) -> dict[str, torch.Tensor]:
+        weight = awr_weight(advantage, self.temperature)
+        if self.deterministic_actor:
+            squared_error = (call_tensors(self.actor_network, *obs)[0] - action).pow(2).sum(-1)
+            return {"loss_actor": self._reduce(weight * squared_error)}
         log_prob = self._data_log_prob(obs, action)
-        out = {"loss_actor": self._reduce(-awr_weight(advantage, self.temperature) * log_prob)}
+        out = {"loss_actor": self._reduce(-weight * log_prob)}
         log_prob = log_prob.detach()
         batch.set(self._tensor_keys.log_prob, log_prob)
         if self._scalar_outputs_allowed():
@@ -206,8 +222,10 @@ class IQLLoss(_ImplicitQLearning):
     """IQL objective for continuous actions: expectile value, critics bootstrapped from V, AWR actor.
 
     Args:
-        actor_network: a :class:`~rltrain.modules.ProbabilisticActor` (e.g. TanhNormal); its
-            parameters are used as they are. Only its log-probability of dataset actions is used.
+        actor_network: a :class:`~rltrain.modules.ProbabilisticActor` (e.g. TanhNormal; only its
+            log-probability of dataset actions is used), or a deterministic
+            :class:`~rltrain.modules.Actor` (AWR on the squared error, module docstring). Its
+            parameters are used as they are.
         qvalue_network: a ``ValueOperator`` ``Q(s, a)``, copied into a stacked ensemble of
             ``num_qvalue_nets`` independent members; or a list of such modules, stacked as given.
             The target copies are always kept (pair the objective with SoftUpdate or HardUpdate).
@@ -249,9 +267,10 @@ class IQLLoss(_ImplicitQLearning):
         scalar_output_mode: str | None = None,
     ):
         super().__init__()
-        if not hasattr(actor_network, "distribution"):
+        if not isinstance(actor_network, (ProbabilisticActor, Actor)):
             raise TypeError("IQLLoss needs a stochastic actor with a distribution (a rltrain.modules."
-                            f"ProbabilisticActor), got {type(actor_network).__name__}")
+                            "ProbabilisticActor) or a deterministic rltrain.modules.Actor, got "
+                            f"{type(actor_network).__name__}")
         self._setup(actor_network, qvalue_network, value_network, num_qvalue_nets=num_qvalue_nets,
                     loss_function=loss_function, temperature=temperature, expectile=expectile, gamma=gamma,
                     priority_key=priority_key, separate_losses=separate_losses, reduction=reduction,
@@ -317,7 +336,7 @@ class DiscreteIQLLoss(_ImplicitQLearning):
             raise ValueError("DiscreteIQLLoss: the critic maps s -> Q(s, .) and must not read the action; its "
                              f"in_keys are {self.qvalue_in_keys}")
         self.action_space = resolve_action_space(action_space, getattr(actor_network, "spec", None),
-                                                 owner="DiscreteIQLLoss")
+                                                 owner="DiscreteIQLLoss", accepted=SINGLE_CHOICE_SPACES)
 
     def _data_action(self, action, batch_dims):
         """An int64 index ``[*B, 1]`` (categorical) or the one-hot vector ``[*B, nA]``."""

@@ -60,38 +60,11 @@ from torch import nn
 
 from rltrain.modules.actors import ValueOperator, call_tensors, default_log_prob_key
 from rltrain.objectives.common import LOSS_FUNCTIONS, LossModule, NestedKey, loss_output, next_key
+from rltrain.objectives.value_estimators import (
+    ValueEstimators, generalized_advantage_estimate, parse_value_estimator, td_lambda_return,
+)
 
-VALUE_ESTIMATORS = ("gae",)
 ADVANTAGE_STD_MIN = 1e-6
-
-
-def generalized_advantage_estimate(
-    gamma: float,
-    lmbda: float,
-    state_value: torch.Tensor,
-    next_state_value: torch.Tensor,
-    reward: torch.Tensor,
-    done: torch.Tensor,
-    terminated: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """GAE over time-major tensors ``[T, *B, 1]``; returns ``(advantage, value_target)``.
-
-    ``terminated`` masks the bootstrap; ``done`` cuts the recursion (see the module docstring).
-    Masks are applied with ``where``, so a non-finite ``V(s')`` on a terminated step does not leak.
-    """
-    shapes = {t.shape for t in (state_value, next_state_value, reward, done, terminated)}
-    if len(shapes) != 1:
-        raise ValueError("generalized_advantage_estimate: state_value, next_state_value, reward, done and terminated "
-                         f"must share one shape [T, *B, 1]; got {sorted(tuple(s) for s in shapes)}")
-    terminated, done = terminated.bool(), done.bool()
-    bootstrap = torch.where(terminated, torch.zeros_like(next_state_value), gamma * next_state_value)
-    delta = reward + bootstrap - state_value
-    advantage = torch.empty_like(delta)
-    running = torch.zeros_like(delta[0])
-    for t in range(delta.shape[0] - 1, -1, -1):
-        running = delta[t] + torch.where(done[t], torch.zeros_like(running), gamma * lmbda * running)
-        advantage[t] = running
-    return advantage, advantage + state_value
 
 
 def standardize(x: torch.Tensor) -> torch.Tensor:
@@ -159,6 +132,9 @@ class PPOLoss(LossModule):
             positive float.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-sample terms ``[*B]``; the
             metrics stay scalars).
+        shared_encoder: the actor and the critic share an encoder (CleanRL's Atari PPO): every term
+            then trains one parameter group, ``model``, with one optimizer. Without it shared
+            parameters are refused (the critic loss would train the actor).
 
     Keys (``set_keys``): ``advantage``, ``value_target``, ``value`` (the rollout's ``V_old(s)``,
     read for value clipping), ``sample_log_prob`` (``log pi_old``; default the actors' own key),
@@ -196,6 +172,7 @@ class PPOLoss(LossModule):
         normalize_advantage: bool = False,
         clip_value: bool | float | None = None,
         reduction: str | None = None,
+        shared_encoder: bool = False,
     ):
         super().__init__()
         if not hasattr(actor_network, "distribution"):
@@ -203,7 +180,8 @@ class PPOLoss(LossModule):
                              f"or CategoricalActor), got {type(actor_network).__name__}")
         if critic_network is None or not hasattr(critic_network, "in_keys"):
             raise ValueError("PPOLoss needs a critic: a rltrain.modules.ValueOperator V(s)")
-        if _shared_parameters(actor_network, critic_network):
+        self.shared_encoder = bool(shared_encoder)
+        if _shared_parameters(actor_network, critic_network) and not self.shared_encoder:
             raise ValueError("PPOLoss: the actor and the critic share parameters, so the critic loss would train the "
                              "actor; give them separate networks")
         if not 0.0 < clip_epsilon < 1.0:
@@ -231,7 +209,9 @@ class PPOLoss(LossModule):
         self._log_clip_bounds = (math.log1p(-self.clip_epsilon), math.log1p(self.clip_epsilon))
         if not self.entropy_bonus:
             self.loss_groups = {k: g for k, g in type(self).loss_groups.items() if k != "loss_entropy"}
-        self.value_type = "gae"
+        if self.shared_encoder:  # one optimizer over both networks, as CleanRL's Atari PPO
+            self.loss_groups = {term: "model" for term in self.loss_groups}
+        self.value_type = ValueEstimators.GAE
         self.register_buffer("lmbda", torch.tensor(0.95))
         self.average_gae = False
 
@@ -245,18 +225,21 @@ class PPOLoss(LossModule):
         return float(clip_value)
 
     def _group_members(self) -> dict[str, list[nn.Parameter]]:
+        if self.shared_encoder:
+            return {"model": list(dict.fromkeys([*self.actor_network.parameters(), *self.critic_network.parameters()]))}
         return {"actor": list(self.actor_network.parameters()), "critic": list(self.critic_network.parameters())}
 
     # ---- value estimator -----------------------------------------------------------------------------
+    supported_value_estimators = (ValueEstimators.GAE, ValueEstimators.TD0, ValueEstimators.TD1,
+                                  ValueEstimators.TDLambda)
+
     def make_value_estimator(self, value_type: str | None = None, *, gamma: float | None = None,
                              lmbda: float | None = None, average_gae: bool | None = None,
                              **hyperparams) -> PPOLoss:
         """Choose GAE and its ``gamma``, ``lmbda`` and ``average_gae`` (standardise the rollout's
         advantages once, after computing them). Defaults: 0.99, 0.95, False."""
         if value_type is not None:
-            name = getattr(value_type, "value", value_type)
-            if not isinstance(name, str) or name.lower() not in VALUE_ESTIMATORS:
-                raise ValueError(f"PPOLoss supports the value estimators {VALUE_ESTIMATORS}, got {value_type!r}")
+            self.value_type = parse_value_estimator(value_type, "PPOLoss", self.supported_value_estimators)
         if hyperparams:
             raise TypeError(f"unexpected value-estimator arguments {sorted(hyperparams)}; GAE takes gamma, lmbda, "
                             "average_gae")
@@ -291,9 +274,15 @@ class PPOLoss(LossModule):
         next_value = self._state_value(rollout, next_state=True)
         terminated = rollout.get(next_key(keys.terminated), None)
         done = rollout.get(next_key(keys.done))
-        advantage, value_target = generalized_advantage_estimate(
-            self.gamma, self.lmbda, value, next_value, rollout.get(next_key(keys.reward)), done,
-            done if terminated is None else terminated)
+        terminated = done if terminated is None else terminated
+        reward = rollout.get(next_key(keys.reward))
+        if self.value_type is ValueEstimators.GAE:
+            advantage, value_target = generalized_advantage_estimate(
+                self.gamma, self.lmbda, value, next_value, reward, done, terminated)
+        else:  # TD(0) = TD(lambda=0), TD(1) = TD(lambda=1): the advantage is the return minus V(s)
+            lmbda = {ValueEstimators.TD0: 0.0, ValueEstimators.TD1: 1.0}.get(self.value_type, float(self.lmbda))
+            value_target = td_lambda_return(reward, done, terminated, next_value, self.gamma, lmbda, time_dim=0)
+            advantage = value_target - value
         if self.average_gae:
             advantage = standardize(advantage)
         rollout.set(keys.advantage, advantage)

@@ -46,7 +46,8 @@ from torch import nn
 from rltrain.modules.actors import ProbabilisticActor, ValueOperator, default_log_prob_key
 from rltrain.modules.ensemble import make_ensemble
 from rltrain.objectives.common import (
-    LossModule, NestedKey, TemperatureMixin, critic_inputs, loss_output, next_key, resolve_target_entropy, td0_target,
+    BOOTSTRAP_ESTIMATORS,
+    LossModule, NestedKey, TemperatureMixin, critic_inputs, loss_output, next_key, resolve_target_entropy,
 )
 
 
@@ -77,6 +78,8 @@ class REDQLoss(TemperatureMixin, LossModule):
         deactivate_vmap: evaluate a non-MLP critic member by member instead of with ``vmap``.
         scalar_output_mode: with ``reduction="none"``: ``None`` (warn) or ``"exclude"``.
     """
+
+    supported_value_estimators = BOOTSTRAP_ESTIMATORS
 
     @dataclasses.dataclass
     class _AcceptedKeys:
@@ -193,7 +196,7 @@ class REDQLoss(TemperatureMixin, LossModule):
             next_q = self.target_qvalue_network(*self._qvalue_inputs(batch, next_action, next_state=True),
                                                 members=subset, detach=True).squeeze(-1)
             next_value = next_q.min(0).values - alpha * next_log_prob
-            target = td0_target(reward, terminated, next_value, discount)
+            target = self._value_target(batch, reward, terminated, next_value, discount)
 
         pred = self.qvalue_network(*self._qvalue_inputs(batch, action, next_state=False)).squeeze(-1)
         loss_qvalue = self._distance(pred, target.expand_as(pred)).mean(0)

@@ -47,8 +47,9 @@ from torch import nn
 from rltrain.modules.actors import ProbabilisticActor, ValueOperator, call_tensors, default_log_prob_key
 from rltrain.modules.ensemble import make_ensemble
 from rltrain.objectives.common import (
+    BOOTSTRAP_ESTIMATORS,
     LossModule, NestedKey, TemperatureMixin, TransitionKeys, critic_inputs, loss_output, next_key,
-    resolve_target_entropy, td0_target,
+    resolve_target_entropy,
 )
 
 
@@ -74,12 +75,16 @@ class SACLoss(TemperatureMixin, LossModule):
         separate_losses: accepted for API compatibility; the critics are always copies, so weights
             shared with the actor are trained by the actor loss only.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
-        skip_done_states: run the actor only on next states that are not done (their next actions
-            and log-probs are zero), so NaN next observations of done rows are harmless.
+        skip_done_states: run the actor only on next states that are not terminated (their next
+            actions and log-probs are zero), so NaN next observations after a terminal state are
+            harmless; rows are selected with ``terminated`` (``done`` when the batch has none), so a
+            time-limit truncation still gets a real next action and its target bootstraps.
         deactivate_vmap: evaluate a non-MLP critic member by member instead of with ``vmap``.
         use_prioritized_weights: ``"auto"`` (use ``priority_weight`` if present), True or False.
         scalar_output_mode: with ``reduction="none"``: ``None`` (warn) or ``"exclude"``.
     """
+
+    supported_value_estimators = BOOTSTRAP_ESTIMATORS
 
     @dataclasses.dataclass
     class _AcceptedKeys(TransitionKeys):
@@ -164,11 +169,11 @@ class SACLoss(TemperatureMixin, LossModule):
     def _qvalue_inputs(self, batch: TensorDictBase, action: torch.Tensor, next_state: bool) -> list[torch.Tensor]:
         return critic_inputs(batch, self.qvalue_in_keys, self._tensor_keys.action, action, next_state)
 
-    def _sample_next_actions(self, next_obs: list[torch.Tensor], done: torch.Tensor | None):
-        """``a', log pi(a'|s')`` from the online actor; rows with ``done`` skipped if asked."""
-        if done is None:
+    def _sample_next_actions(self, next_obs: list[torch.Tensor], skipped: torch.Tensor | None):
+        """``a', log pi(a'|s')`` from the online actor; ``skipped`` rows (terminated) get zeros."""
+        if skipped is None:
             return self.actor_network.distribution(*next_obs).rsample_and_log_prob()
-        keep = ~done.squeeze(-1)
+        keep = ~skipped.bool()
         action, log_prob = self.actor_network.distribution(*(x[keep] for x in next_obs)).rsample_and_log_prob()
         full_action = action.new_zeros(*keep.shape, action.shape[-1])
         full_log_prob = log_prob.new_zeros(keep.shape)
@@ -203,12 +208,13 @@ class SACLoss(TemperatureMixin, LossModule):
     def _qvalue_loss_v2(self, batch, alpha, reward, terminated, discount, weight):
         with torch.no_grad():
             next_obs = [batch.get(next_key(k)) for k in self.obs_keys]
-            done = batch.get(next_key(self._tensor_keys.done)) if self.skip_done_states else None
-            next_action, next_log_prob = self._sample_next_actions(next_obs, done)
+            # terminated (done when the batch has none): a truncated row still bootstraps from s'
+            skipped = terminated if self.skip_done_states else None
+            next_action, next_log_prob = self._sample_next_actions(next_obs, skipped)
             next_q = self.target_qvalue_network(*self._qvalue_inputs(batch, next_action, next_state=True),
                                                 detach=True)
             next_value = next_q.min(0).values.squeeze(-1) - alpha * next_log_prob
-            target = td0_target(reward, terminated, next_value, discount)
+            target = self._value_target(batch, reward, terminated, next_value, discount)
         pred = self.qvalue_network(*self._qvalue_inputs(batch, batch.get(self._tensor_keys.action), False))
         pred = pred.squeeze(-1)
         loss = self._distance(pred, target.expand_as(pred)).sum(0)
@@ -224,7 +230,7 @@ class SACLoss(TemperatureMixin, LossModule):
         with torch.no_grad():
             next_obs = [batch.get(next_key(key)) for key in self.value_network.in_keys]
             next_value = call_tensors(self.target_value_network, *next_obs)[0].squeeze(-1)
-            target = td0_target(reward, terminated, next_value, discount)
+            target = self._value_target(batch, reward, terminated, next_value, discount)
         inputs = [x.reshape(k, batch_size // k, *x.shape[1:])
                   for x in self._qvalue_inputs(batch, batch.get(self._tensor_keys.action), False)]
         pred = self.qvalue_network(*inputs, per_member=True).reshape(batch_size)

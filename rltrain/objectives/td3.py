@@ -18,8 +18,8 @@ paper's absolute noise; TorchRL adds the noise in absolute action units instead)
     y = r + gamma * (1 - terminated) * min_k Q_{bar phi_k}(s', a')        (no gradient)
     loss_qvalue = R( sum_k d(Q_{phi_k}(s, a), y) ),   priority = max_k (Q_{phi_k}(s, a) - y)^2
 
-**Actor** (deterministic policy gradient through the first critic only; only that member is
-evaluated)::
+**Actor** (deterministic policy gradient through the first critic only; the other critics are
+evaluated at the same action without gradient, for the ``state_action_value_actor`` metadata)::
 
     loss_actor = R( -Q_{sg(phi_1)}(s, mu_theta(s)) )
 
@@ -40,7 +40,7 @@ from torch import nn
 from rltrain.modules.actors import Actor, ValueOperator, call_tensors
 from rltrain.modules.ensemble import make_ensemble
 from rltrain.modules.specs import Bounded
-from rltrain.objectives.common import LossModule, NestedKey, TransitionKeys, loss_output, next_key, td0_target
+from rltrain.objectives.common import BOOTSTRAP_ESTIMATORS, LossModule, NestedKey, TransitionKeys, loss_output, next_key
 
 
 def action_bounds(action_spec: Bounded | None, bounds) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,11 +96,14 @@ class TD3Loss(LossModule):
         use_prioritized_weights: ``"auto"`` (use ``priority_weight`` if present), True or False.
 
     Output: ``loss_actor``, ``loss_qvalue`` and detached metadata ``pred_value`` ``[K, *B]``
-    (``Q_{phi_k}(s, a)``), ``state_action_value_actor`` ``[1, *B]`` (the first critic at the
-    actor's action: index 0 matches TorchRL's ``[K, *B]``), ``next_state_value`` ``[*B]``
+    (``Q_{phi_k}(s, a)``), ``state_action_value_actor`` ``[K, *B]`` (every critic at the actor's
+    action; the actor trains on the first only, the others are evaluated without gradient),
+    ``next_state_value`` ``[*B]``
     (``min_k Q_{bar phi_k}(s', a')``) and ``target_value`` ``[*B]`` (``y``). The priority
     ``max_k (Q_k - y)^2`` is written into the input batch under ``tensor_keys.priority``.
     """
+
+    supported_value_estimators = BOOTSTRAP_ESTIMATORS
 
     @dataclasses.dataclass
     class _AcceptedKeys(TransitionKeys):
@@ -206,7 +209,7 @@ class TD3Loss(LossModule):
             next_action = self.smoothed_target_action(*(next_state[k] for k in self.obs_keys))
             next_q = self.target_qvalue_network(*self._qvalue_inputs(next_state, next_action), detach=True)
             next_value = next_q.min(0).values.squeeze(-1)
-            target = td0_target(reward, terminated, next_value, discount)
+            target = self._value_target(batch, reward, terminated, next_value, discount)
         pred = self.qvalue_network(*self._qvalue_inputs(state, batch.get(keys.action))).squeeze(-1)
         loss_qvalue = self._distance(pred, target.expand_as(pred)).sum(0)
         pred = pred.detach()
@@ -223,5 +226,16 @@ class TD3Loss(LossModule):
             q_actor = self.qvalue_network(*self._qvalue_inputs(state, action), detach=True, members=slice(0, 1))
             q_actor = q_actor.squeeze(-1)
             out["loss_actor"] = self._reduce(-q_actor[0], weight)
-            out["state_action_value_actor"] = q_actor.detach()
+            out["state_action_value_actor"] = self._all_critics_at(state, action.detach(), q_actor.detach())
         return loss_output(out)
+
+    @torch.no_grad()
+    def _all_critics_at(self, state: dict[NestedKey, torch.Tensor], action: torch.Tensor,
+                        first: torch.Tensor) -> torch.Tensor:
+        """``Q_{phi_k}(s, mu(s))`` for every critic, ``[K, *B]``: the first is the actor loss's,
+        the others are evaluated here, without gradient (metadata only)."""
+        if self.num_qvalue_nets == 1:
+            return first
+        others = self.qvalue_network(*self._qvalue_inputs(state, action), detach=True,
+                                     members=slice(1, self.num_qvalue_nets)).squeeze(-1)
+        return torch.cat([first, others])
