@@ -105,7 +105,8 @@ RULES: dict[str, Check] = {
     # top level
     "seed": integer(0),
     "device": DEVICE,
-    "torch_threads": COUNT.or_null(),
+    "torch_threads": Check(lambda v: v is None or v == "auto" or (_is_int(v) and v >= 1),
+                           "auto, an integer >= 1, or null"),
     # trainer (steps count env steps online, gradient updates offline)
     "trainer.total_env_steps": COUNT,
     "trainer.total_updates": COUNT,
@@ -120,13 +121,18 @@ RULES: dict[str, Check] = {
     "trainer.checkpoint_every": COUNT,
     "trainer.log_every": COUNT,
     "trainer.policy_snapshots": boolean(),
+    "trainer.video_every": STEPS,
     # environments
     "env.num_envs": COUNT,
     "env.eval_num_envs": COUNT,
     "env.max_episode_steps": COUNT.or_null(),
+    "env.atari.frame_skip": COUNT,
+    "env.atari.frame_stack": COUNT,
+    "env.atari.noop_max": STEPS,
+    "env.atari.screen_size": COUNT,
     "env.kwargs": Check(lambda v: isinstance(v, dict), "a mapping of gymnasium.make arguments"),
     # the run's mode
-    "source.offline_updates": COUNT,
+    "source.offline_updates": STEPS,
     "source.online_env_steps": COUNT,
     "source.mix": FRACTION.or_null(),
     # networks
@@ -170,6 +176,13 @@ RULES: dict[str, Check] = {
     "algo.exploration.eps_end": FRACTION,
     "algo.exploration.annealing_steps": COUNT,
     "algo.support.n_atoms": integer(2),
+    "algo.support.vmin": number(),
+    "algo.support.vmax": number(),
+    "algo.n_step": COUNT,
+    "algo.eval_target_scale": POSITIVE,
+    "algo.online_target_scale": number(),
+    "dataset.reward_scale": number(),
+    "dataset.reward_shift": number(),
     "algo.gae_lambda": FRACTION,
     "algo.epochs": COUNT,
     "algo.steps_per_env": COUNT,
