@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -423,3 +424,56 @@ def test_concurrent_runs_with_one_run_directory_name_stay_apart(tmp_path):
         assert read_eval_steps(run_dir) == [400]
         assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["counters"]["env_steps"] == 400
     assert seeds == {0, 1, 2}
+
+
+# ---- SIGTERM / SIGINT -------------------------------------------------------------------------------
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open(newline="") as f:
+        return [{k: v for k, v in row.items() if k not in ("time", "updates_per_s", "env_steps_per_s")}
+                for row in csv.DictReader(f)]
+
+
+def stop_mid_run(args: list[str], root: Path, sig: int) -> tuple[subprocess.CompletedProcess, Path]:
+    """Start a run, send ``sig`` once its first periodic checkpoint exists, wait for it to stop."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rltrain", *args, f"run_root={root}"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(root.rglob("checkpoints/last.pt")):
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the next checkpoint interval
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=300)
+    (run_dir,) = [p.parent for p in root.rglob("config.yaml") if p.parent.name != ".hydra"]
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), run_dir
+
+
+STOP_RUN = [*SHORT, "trainer.total_env_steps=3000", "trainer.checkpoint_every=1000", "trainer.eval_every=1000",
+            "trainer.log_every=250", "seed=7"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_writes_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_one(
+        sig, tmp_path, tiny_datasets):
+    """Offline (the dataset source has no episodes in flight): stopping mid-interval and resuming gives
+    exactly the uninterrupted run's metrics."""
+    args = [*STOP_RUN, "algo=iql", "dataset=minari", f"dataset.id={tiny_datasets['pendulum']}",
+            "trainer.total_updates=3000"]
+    run_cli(args, tmp_path / "whole")
+    (whole,) = [p.parent for p in (tmp_path / "whole").rglob("config.yaml") if p.parent.name != ".hydra"]
+
+    proc, cut = stop_mid_run(args, tmp_path / "cut", sig)
+    assert proc.returncode == cli.STOPPED_EXIT_CODE, proc.stderr
+    assert f"{signal.Signals(sig).name} received" in proc.stderr and "Traceback" not in proc.stderr
+    assert f"Resume with: python -m rltrain resume={cut}" in proc.stderr
+    stopped_at = checkpoint.load(cut / "checkpoints" / "last.pt")["counters"]["updates"]
+    assert 1000 < stopped_at < 3000 and stopped_at % 1000, "the stop did not write its own checkpoint"
+
+    run_cli([f"resume={cut}"], tmp_path / "cut")
+    assert read_rows(cut / "eval.csv") == read_rows(whole / "eval.csv")
+    assert read_rows(cut / "metrics.csv") == read_rows(whole / "metrics.csv")
