@@ -477,3 +477,44 @@ def test_a_signal_writes_a_checkpoint_and_the_resumed_run_equals_an_uninterrupte
     run_cli([f"resume={cut}"], tmp_path / "cut")
     assert read_rows(cut / "eval.csv") == read_rows(whole / "eval.csv")
     assert read_rows(cut / "metrics.csv") == read_rows(whole / "metrics.csv")
+
+
+def submitit_job_pids() -> list[int]:
+    """Processes running a submitit job (``python -u -m submitit.core._submit <folder>``)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if proc.name.isdigit() and b"submitit.core._submit" in argv[1:4]:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_a_preempted_submitit_job_checkpoints_requeues_and_resumes_itself(tmp_path, tiny_datasets):
+    """submitit's preemption signal (USR2) mid-run: the job writes a checkpoint, submitit requeues it, and
+    the requeued job resumes from that checkpoint to the uninterrupted run's exact metrics."""
+    args = [*STOP_RUN, "algo=iql", "dataset=minari", f"dataset.id={tiny_datasets['pendulum']}",
+            "trainer.total_updates=3000"]
+    run_cli(args, tmp_path / "whole")
+    (whole,) = [p.parent for p in (tmp_path / "whole").rglob("config.yaml") if p.parent.name != ".hydra"]
+
+    before = set(submitit_job_pids())
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    sweep = subprocess.Popen([sys.executable, "-m", "rltrain", "-m", "hydra/launcher=submitit_local", *args,
+                              "sweep_name=preempt", f"run_root={tmp_path / 'sweep'}"], env=env, text=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and sweep.poll() is None and not list((tmp_path / "sweep").rglob("last.pt")):
+        time.sleep(0.05)
+    time.sleep(1.0)
+    (job_pid,) = set(submitit_job_pids()) - before
+    os.kill(job_pid, signal.SIGUSR2)
+    assert sweep.wait(timeout=600) == 0, sweep.stderr.read()
+    (job,) = [p.parent for p in (tmp_path / "sweep").rglob("config.yaml") if p.parent.name != ".hydra"]
+    log = "".join(p.read_text() for p in (tmp_path / "sweep").rglob("*_log.*"))
+    assert "SIGUSR2 received" in log and "Requeued job" in log
+    assert read_rows(job / "eval.csv") == read_rows(whole / "eval.csv")
+    assert read_rows(job / "metrics.csv") == read_rows(whole / "metrics.csv")
