@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import difflib
 import importlib.resources
+import inspect
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import gymnasium as gym
+from gymnasium.envs.registration import load_env_creator
 from omegaconf import DictConfig, OmegaConf
 
 from rltrain.errors import ConfigError
@@ -282,6 +285,25 @@ def _check_buffer(values: dict) -> None:
                           "ever be sampled; trainer.buffer_size must be >= trainer.batch_size")
 
 
+def _check_env_kwargs(values: dict) -> None:
+    """``env.kwargs`` against the constructor of the registered env (gymnasium passes them on to it)."""
+    kwargs, env_id = values.get("env.kwargs"), values.get("env.id")
+    if not kwargs or not isinstance(env_id, str) or env_id not in gym.registry:
+        return
+    entry_point = gym.registry[env_id].entry_point
+    try:
+        creator = load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+        parameters = inspect.signature(creator).parameters
+    except Exception:  # noqa: BLE001 - an entry point that cannot be inspected is left to gymnasium.make
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(kwargs) - set(parameters))
+    if unknown:
+        raise ConfigError(f"env.kwargs has unknown key(s) {unknown} for {env_id}; its constructor accepts: "
+                          f"{', '.join(parameters) or 'no arguments'}")
+
+
 def validate_config(cfg: DictConfig, overrides: list[str] = ()) -> None:
     """Check every value of ``cfg`` against :data:`RULES`, the relations between keys, and the keys
     ``overrides`` add with ``+``; raise :class:`ConfigError` on the first problem."""
@@ -292,6 +314,7 @@ def validate_config(cfg: DictConfig, overrides: list[str] = ()) -> None:
         check_value(key, value)
     _check_learning_rates(values)
     _check_buffer(values)
+    _check_env_kwargs(values)
 
 
 # ---- resume --------------------------------------------------------------------------------------

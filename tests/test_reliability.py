@@ -66,6 +66,8 @@ BAD_VALUES = [
     (["algo=td3", "algo.loss.policy_noise=-1"], "algo.loss.policy_noise=-1"),
     (["algo=iql", "dataset=minari", "dataset.id=x/y-v0", "algo.loss.expectile=1"], "algo.loss.expectile=1"),
     (["env.id=no_such_module_xyz:Foo-v0"], "could not import module 'no_such_module_xyz'"),
+    (["+env.kwargs.gravity=9.81"], "env.kwargs has unknown key(s) ['gravity'] for Pendulum-v1; its constructor "
+                                   "accepts: render_mode, g"),
 ]
 
 
@@ -261,6 +263,13 @@ def test_forcing_hydra_run_dir_onto_an_earlier_run_is_refused(tmp_path):
     code, stderr = run_in_process([f"hydra.run.dir={earlier}"], tmp_path)
     assert code == 2 and "holds an earlier run" in stderr and f"resume={earlier}" in stderr
     assert sorted(p.name for p in earlier.iterdir()) == ["config.yaml"], "files were written into the earlier run"
+
+
+def test_an_unwritable_run_root_is_one_message(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    code, stderr = run_in_process([], tmp_path / "a-file" / "runs")  # mkdir fails below a file, even as root
+    assert code == 2 and stderr.count("\n") == 1
+    assert "cannot create the run directory" in stderr and "Pass a writable run_root" in stderr
 
 
 def test_mistyped_resume_path_is_not_created(tmp_path):
