@@ -152,7 +152,7 @@ def _submitit_preempt_signal() -> int | None:
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     """Build everything from ``cfg`` and train; returns the summary."""
-    from rltrain.build import build_trainer, resolved_config
+    from rltrain.build import build_run
     from rltrain.envs import seed_everything
     from rltrain.threads import configure_torch_threads
 
@@ -166,10 +166,10 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     configure_torch_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     wandb_id = state["loggers"]["wandb_run_id"] if state else None
-    trainer = build_trainer(cfg, run_dir, wandb_run_id=wandb_id,
-                            initial_step=state["counters"]["position"] if state else 0)
+    trainer, used = build_run(cfg, run_dir, wandb_run_id=wandb_id,
+                              initial_step=state["counters"]["position"] if state else 0)
     if state is None:
-        _write_run_files(resolved_config(cfg), run_dir, overrides)
+        _write_run_files(used, run_dir, overrides)
     else:
         trainer.load_state_dict(state)
         checkpoint.reapply_optimizer_settings(cfg.algo.optim, trainer.groups)

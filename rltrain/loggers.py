@@ -24,14 +24,15 @@ Metrics = dict[str, float | int]
 
 
 class CSVLogger:
-    """``metrics.csv`` (train) and ``eval.csv`` in the run directory.
+    """``metrics.csv`` (train), ``eval.csv`` and ``videos.csv`` (``trainer.video_every``) in the run directory.
 
     The header grows if a later row brings a new column (the file is rewritten once then).
     :meth:`truncate_after` drops rows past a checkpoint's step when a run resumes.
     """
 
     def __init__(self, run_dir: Path):
-        self.paths = {"train": Path(run_dir) / "metrics.csv", "eval": Path(run_dir) / "eval.csv"}
+        self.paths = {"train": Path(run_dir) / "metrics.csv", "eval": Path(run_dir) / "eval.csv",
+                      "videos": Path(run_dir) / "videos.csv"}
         self._columns: dict[str, list[str]] = {}
         for stream, path in self.paths.items():
             if path.exists():
@@ -113,6 +114,11 @@ class WandbLogger:
         payload[f"train/{self.step_key}"] = metrics[self.step_key]
         self.run.log(payload)
 
+    def log_video(self, path: str, metrics: Metrics) -> None:
+        import wandb
+
+        self.run.log({"eval/video": wandb.Video(path, format="mp4"), f"train/{self.step_key}": metrics[self.step_key]})
+
     def summary(self, summary: dict[str, Any]) -> None:
         self.run.summary.update(summary)
 
@@ -168,8 +174,13 @@ class TensorboardLogger:
     def log(self, stream: str, metrics: Metrics) -> None:
         step = int(metrics[self.step_key])
         for key, value in metrics.items():
-            if key != self.step_key:
+            if key != self.step_key and isinstance(value, int | float):  # not labels such as the phase
                 self.writer.add_scalar(f"{stream}/{key}", value, step)
+
+    def log_video(self, path: str, metrics: Metrics) -> None:
+        """Videos stay MP4 files in the run directory (TensorBoard's add_video needs moviepy and the
+        frames in memory); their return is logged as a scalar."""
+        self.writer.add_scalar("eval/video_return", metrics["video_return"], int(metrics[self.step_key]))
 
     def close(self, exit_code: int = 0) -> None:
         self.writer.close()
@@ -231,6 +242,13 @@ class Loggers:
         self.console.eval(metrics)
         for backend in self.backends:
             backend.log("eval", metrics)
+
+    def log_video(self, path: str, metrics: Metrics) -> None:
+        """A training-time video (an MP4 in the run directory): its path and return go to
+        ``videos.csv``; W&B also uploads it."""
+        self.csv.log("videos", {**metrics, "path": path})
+        for backend in self.backends:
+            backend.log_video(path, metrics)
 
     def state_dict(self) -> dict:
         return {"wandb_run_id": next((b.run_id for b in self.backends if isinstance(b, WandbLogger)), None)}

@@ -57,16 +57,20 @@ def random_policy(env: gym.Env, seed: int) -> Policy:
 
 
 class SourceRun:
-    """An rltrain run used as a source of policies: its config, final checkpoint and snapshots."""
+    """An rltrain run used as a source of policies: its config, final checkpoint and snapshots. A run
+    stopped before its first checkpoint serves too: its latest policy snapshot is its final policy."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir).expanduser()
         self.last = self.run_dir / "checkpoints" / "last.pt"
-        if not (self.run_dir / "config.yaml").exists() or not self.last.exists():
-            raise ConfigError(f"source_run={self.run_dir} is not a finished rltrain run: it needs config.yaml and "
-                              "checkpoints/last.pt. Train one first, e.g. `python -m rltrain env=<env> "
-                              "trainer.policy_snapshots=true`, and pass its run directory.")
+        snapshots = sorted((self.run_dir / "checkpoints").glob("policy_*.pt"))
+        if not (self.run_dir / "config.yaml").exists() or not (self.last.exists() or snapshots):
+            raise ConfigError(f"source_run={self.run_dir} is not an rltrain run with policies: it needs config.yaml "
+                              "and checkpoints/last.pt or policy snapshots (checkpoints/policy_*.pt). Train one "
+                              "first, e.g. `python -m rltrain env=<env> trainer.policy_snapshots=true`, and pass its "
+                              "run directory.")
         self.config = OmegaConf.load(self.run_dir / "config.yaml")
+        self.final = self.last if self.last.exists() else snapshots[-1]
 
     def snapshots(self) -> list[Path]:
         found = sorted((self.run_dir / "checkpoints").glob("policy_*.pt"))
@@ -92,7 +96,10 @@ class SourceRun:
         if int(self.config.env.num_envs) != 1:
             raise ConfigError("medium-replay needs a source run with env.num_envs=1 (its replay buffer then holds "
                               "one episode after the other).")
-        buffer = ReplayBuffer.from_state_dict(checkpoint.load(self.last)["buffer"])
+        if not self.last.exists():
+            raise ConfigError(f"medium-replay reads the source run's replay buffer from {self.last}, which this run "
+                              "never wrote (it stopped before its first checkpoint); pick quality=medium instead.")
+        buffer = ReplayBuffer.from_state_dict(checkpoint.load(self.last)["source"]["buffer"])
         if buffer.wrapped:
             raise ConfigError("medium-replay: the source run's replay buffer wrapped around, so its early "
                               "transitions are gone; re-run the source with a trainer.buffer_size larger than "
@@ -203,7 +210,7 @@ def collect(cfg: DictConfig, env: gym.Env) -> tuple[list[dict], float, float | N
     if cfg.quality == "random" and not cfg.source_run:
         return random_data(cfg, env), random_ref, cfg.ref_max_score, "uniform random actions"
     source = SourceRun(cfg.source_run)
-    expert = source.policy(source.last, env, cfg.policy_mode)
+    expert = source.policy(source.final, env, cfg.policy_mode)
     expert_ref = mean_return(env, expert, cfg.ref_episodes, derive_seed(cfg.seed, _REFERENCE))
     if cfg.quality == "random":
         return random_data(cfg, env), random_ref, expert_ref, "uniform random actions"
@@ -214,6 +221,7 @@ def collect(cfg: DictConfig, env: gym.Env) -> tuple[list[dict], float, float | N
     path, snapshot = source.snapshot_near(target)
     about = (f"{path.name} of {source.run_dir} (eval return {snapshot['eval']['return_mean']:.1f}; "
              f"target {target:.1f} = random {random_ref:.1f} + {cfg.medium_fraction} x (expert {expert_ref:.1f} - random))")
+    report_snapshot_choice(snapshot["eval"]["return_mean"], target, random_ref, expert_ref, path.name)
     if cfg.quality == "medium-replay":
         return source.replay_episodes(snapshot["buffer_size"]), random_ref, expert_ref, f"replay buffer up to {about}"
     episodes = rollout(env, source.policy(path, env, cfg.policy_mode), cfg.steps, derive_seed(cfg.seed, _DATA))
@@ -221,6 +229,22 @@ def collect(cfg: DictConfig, env: gym.Env) -> tuple[list[dict], float, float | N
         episodes += rollout(env, expert, cfg.steps, derive_seed(cfg.seed, _DATA, 1))
         return episodes, random_ref, expert_ref, f"medium: {about}; expert: final policy"
     return episodes, random_ref, expert_ref, about
+
+
+FAR_FROM_TARGET = 0.15  # of the expert - random range
+
+
+def report_snapshot_choice(chosen: float, target: float, random_ref: float, expert_ref: float, name: str) -> None:
+    """Print the chosen snapshot's score against the target, with a warning when it lands far off
+    (the run's snapshots are too sparse around the target: keep more, e.g. a smaller trainer.eval_every)."""
+    span = expert_ref - random_ref
+    fraction = (chosen - random_ref) / span if span else float("nan")
+    print(f"rltrain.make_dataset: {name} scored {chosen:.1f} ({100 * fraction:.0f}% of the way from random to "
+          f"expert); target {target:.1f}")
+    if span and abs(chosen - target) > FAR_FROM_TARGET * abs(span):
+        print(f"rltrain.make_dataset: warning: the chosen snapshot is {abs(chosen - target):.1f} from the target "
+              f"(more than {FAR_FROM_TARGET:.0%} of the expert - random range): no snapshot of the source run lies "
+              "closer. Train the source with a smaller trainer.eval_every for denser snapshots.", file=sys.stderr)
 
 
 def make_dataset(cfg: DictConfig):

@@ -44,6 +44,7 @@ from torch import nn
 
 from rltrain import checkpoint
 from rltrain.envs import derive_seed
+from rltrain.errors import ConfigError
 from rltrain.evaluate import evaluate
 from rltrain.loggers import Loggers
 from rltrain.objectives.common import LossModule
@@ -51,6 +52,7 @@ from rltrain.optim import FusedAdamStep, clip_grad_norm_, zero_grads
 from rltrain.sources import Source, crossed
 
 CHECKPOINT_NAME = "last.pt"
+BEST_NAME = "best.pt"
 # Version 2: the mode is a Source (its state under "source"), env steps count real transitions.
 CHECKPOINT_FORMAT = 2
 
@@ -75,6 +77,7 @@ class TrainerConfig:
     updater_every: int = 1
     seed: int = 0
     policy_snapshots: bool = False      # keep the objective's weights at every evaluation
+    video_every: int = 0                # record one evaluation episode every that many clock ticks (0: never)
     # loss term -> [first update, end update) in which it is trained; terms not listed: always.
     term_windows: dict[str, tuple[int, int | None]] = field(default_factory=dict)
 
@@ -121,13 +124,17 @@ class Trainer:
     ``score_refs = (ref_min, ref_max)`` adds the normalized score ``100 (R - ref_min) / (ref_max - ref_min)``
     to every evaluation. ``normalizer`` (observation normalization, applied by ``eval_policy``) is
     saved in checkpoints and policy snapshots. ``reward_labeler`` (GAIL with an off-policy learner)
-    trains a reward model and relabels each batch before the objective sees it.
+    trains a reward model and relabels each batch before the objective sees it. ``video`` (a
+    :class:`~rltrain.video.VideoRecorder`) records an evaluation episode every ``video_every`` ticks.
+
+    ``checkpoints/best.pt`` holds the policy of the best evaluation so far (the layout of a policy
+    snapshot: objective weights, normalizer, the evaluation's result), as SB3's EvalCallback keeps it.
     """
 
     def __init__(self, *, objective: LossModule, updater, groups: list[OptimizerGroup], source: Source,
                  eval_envs, eval_policy, loggers: Loggers, run_dir: Path, config: TrainerConfig,
                  device: torch.device, score_refs: tuple[float, float] | None = None,
-                 normalizer: nn.Module | None = None, reward_labeler=None):
+                 normalizer: nn.Module | None = None, reward_labeler=None, video=None):
         self.objective = objective
         self.updater = updater
         self.groups = groups
@@ -141,6 +148,7 @@ class Trainer:
         self.score_refs = score_refs
         self.normalizer = normalizer
         self.reward_labeler = reward_labeler
+        self.video = video
         self.loss_keys = list(objective.loss_groups)
         self.updates = 0
         self._elapsed = 0.0
@@ -259,6 +267,8 @@ class Trainer:
         self._elapsed = time.perf_counter() - self._start
         if crossed(before, after, cfg.eval_every) or after >= self.total_steps:
             self._evaluate()
+        if self.video is not None and (crossed(before, after, cfg.video_every) or after >= self.total_steps):
+            self._record_video()
         if crossed(before, after, cfg.log_every):
             self._verify_finite()
             self._log_train()
@@ -291,9 +301,17 @@ class Trainer:
             self.phase_evals[self.last_eval["phase"]] = self.last_eval
         if self.best_eval is None or result["return_mean"] > self.best_eval["return_mean"]:
             self.best_eval = self.last_eval
+            checkpoint.save_atomic(self._policy_state(), self.run_dir / "checkpoints" / BEST_NAME)
         self.loggers.log_eval(self.last_eval)
         if self.config.policy_snapshots:
             self._save_snapshot()
+
+    def _record_video(self) -> None:
+        policy = next(iter(self.eval_policy.values())) if isinstance(self.eval_policy, dict) else self.eval_policy
+        self.objective.eval()
+        result = self.video.record(policy, self.step, derive_seed(self.config.seed, self.step, 3), self.device)
+        self.objective.train()
+        self.loggers.log_video(result["path"], {**self._row(), "video_return": result["return"]})
 
     def _policy_state(self) -> dict:
         """The objective's weights (and normalizer) with the last evaluation's result."""
@@ -398,8 +416,9 @@ class Trainer:
         return summary
 
 
-class CheckpointFormatError(RuntimeError):
-    """A checkpoint written by an rltrain whose checkpoint layout this one cannot read."""
+class CheckpointFormatError(ConfigError):
+    """A checkpoint written by an rltrain whose checkpoint layout this one cannot read (a resume=
+    mistake: exit code 2 like other bad input)."""
 
 
 def check_checkpoint_format(state: dict) -> None:

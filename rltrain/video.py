@@ -143,3 +143,29 @@ def record_episode(env: str | EnvSpec | gym.Env, policy, path: str | Path, seed:
         if own:
             env.close()
     return {**result, "frames": len(frames), "path": str(path)}
+
+
+class VideoRecorder:
+    """Training-time videos (``trainer.video_every``): one rendered evaluation episode written to
+    ``<run dir>/videos/step_<step>.mp4``.
+
+    Args:
+        env: the evaluation env's id or spec.
+        folder: where the MP4 files go.
+        max_episode_steps: the run's time limit (``env.max_episode_steps``).
+        env_kwargs: the run's ``env.kwargs``.
+    """
+
+    def __init__(self, env: str | EnvSpec, folder: str | Path, max_episode_steps: int | None = None,
+                 **env_kwargs):
+        setup_headless_rendering(env)  # a missing GL backend stops the run before training, not at its first video
+        self.env = env
+        self.folder = Path(folder)
+        self.max_episode_steps = max_episode_steps
+        self.env_kwargs = env_kwargs
+
+    def record(self, policy, step: int, seed: int, device: torch.device | str = "cpu") -> dict:
+        """Record one episode of ``policy`` (in eval mode already); returns :func:`record_episode`'s result."""
+        path = self.folder / f"step_{step:09d}.mp4"
+        return record_episode(self.env, policy, path, seed, max_episode_steps=self.max_episode_steps, device=device,
+                              **self.env_kwargs)

@@ -107,6 +107,17 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, algo, counter, tiny
         json.loads((whole / "summary.json").read_text())["final_eval_return"]
 
 
+def test_a_checkpoint_of_the_previous_format_is_refused_with_its_version(tmp_path):
+    run_cli(SHORT, tmp_path)
+    run_dir = only_run_dir(tmp_path)
+    path = run_dir / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=False)
+    del state["format"]  # as written before run modes became sources
+    torch.save(state, path)
+    proc = run_cli([f"resume={run_dir}", "trainer.total_env_steps=1800"], tmp_path, check=False)
+    assert proc.returncode == 2 and "checkpoint has format 1" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_resume_can_extend_a_finished_run(tmp_path):
     run_cli(SHORT, tmp_path)
     run_dir = only_run_dir(tmp_path)

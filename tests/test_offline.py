@@ -16,6 +16,7 @@ import rltrain.__main__  # noqa: F401  (registers the resolvers the configs use)
 from rltrain.build import build_trainer, load_offline_data
 from rltrain.checkpoint import load
 from rltrain.data.minari_data import load_minari, to_offline_data, write_minari_dataset
+from rltrain.data.replay import ReplayBuffer
 from rltrain.errors import ConfigError
 from rltrain.make_dataset import make_dataset, random_policy, rollout, split_into_episodes
 from tests.helpers import SMALL_NETS, only_run_dir, run_cli
@@ -203,7 +204,7 @@ def test_random_dataset_is_written_reproducibly_with_reference_scores(tmp_path, 
     (["quality=great"], "unknown quality 'great'; accepted: random, medium, expert, medium-replay, medium-expert"),
     (["dataset_id=nope"], "malformed Minari dataset id"),
     (["medium_fraction=1.5"], "medium_fraction must lie in (0, 1)"),
-    (["quality=expert", "source_run=/nonexistent"], "is not a finished rltrain run"),
+    (["quality=expert", "source_run=/nonexistent"], "is not an rltrain run with policies"),
 ])
 def test_factory_bad_input_fails_before_any_rollout(tmp_path, monkeypatch, overrides, message):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
@@ -220,7 +221,7 @@ def test_factory_refuses_to_overwrite_an_existing_dataset(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_every_quality_from_a_real_source_run(tmp_path, monkeypatch):
+def test_every_quality_from_a_real_source_run(tmp_path, monkeypatch, capsys):
     """A short SAC run with policy snapshots feeds expert, medium, medium-replay and medium-expert data."""
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     run_cli([*SMALL_NETS, "trainer.total_env_steps=1200", "trainer.warmup_steps=200", "trainer.learning_starts=200",
@@ -241,12 +242,22 @@ def test_every_quality_from_a_real_source_run(tmp_path, monkeypatch):
 
     replay = to_offline_data(made["medium-replay"])
     rows = snapshots[nearest]["buffer_size"]
-    storage = load(source / "checkpoints" / "last.pt")["buffer"]["storage"]
+    stored = ReplayBuffer.from_state_dict(load(source / "checkpoints" / "last.pt")["source"]["buffer"])
+    stored = stored.transitions_in_order()[:rows]
     assert len(replay) == rows
-    assert torch.equal(replay.observations[replay.obs_index], storage[("observation",)][:rows])
-    assert torch.equal(replay.observations[replay.obs_index + 1], storage[("next", "observation")][:rows])
-    assert torch.equal(replay.actions, storage[("action",)][:rows])
-    assert torch.equal(replay.terminated, storage[("next", "terminated")][:rows].squeeze(-1))
+    assert torch.equal(replay.observations[replay.obs_index], stored["observation"])
+    assert torch.equal(replay.observations[replay.obs_index + 1], stored["next", "observation"])
+    assert torch.equal(replay.actions, stored["action"])
+    assert torch.equal(replay.terminated, stored["next", "terminated"].squeeze(-1))
+    chosen = snapshots[nearest]["eval"]["return_mean"]
+    assert f"{nearest} scored {chosen:.1f}" in capsys.readouterr().out  # the choice against its target, said
+
+    # A run stopped before its first checkpoint is a source too: its last snapshot is the final policy.
+    (source / "checkpoints" / "last.pt").unlink()
+    medium = make_dataset(factory(*common, "quality=medium", "dataset_id=rltrain/pendulum/medium-v1"))
+    assert medium.total_steps >= 400 and "policy_" in medium.storage.metadata["description"]
+    with pytest.raises(ConfigError, match="pick quality=medium instead"):
+        make_dataset(factory(*common, "quality=medium-replay", "dataset_id=rltrain/pendulum/medium-replay-v1"))
 
 
 def test_replay_rows_split_into_episodes_at_done_and_at_the_cut():

@@ -214,3 +214,12 @@ def test_cal_ql_names_the_missing_monte_carlo_return():
     _, cal = cal_ql_pair()
     with pytest.raises(KeyError, match="mc_return"):
         cal(make_batch(4, 3, 2))
+
+
+def test_config_yaml_records_the_mode_and_the_env_the_run_used(tmp_path, tiny_datasets):
+    from rltrain.build import build_run
+
+    cfg = compose_config(*O2O[:5], "algo=discrete_iql", "dataset=minari", f"dataset.id={tiny_datasets['cartpole']}")
+    assert cfg.env.id == "Pendulum-v1" and cfg.source.kind == "auto"  # the defaults before the dataset is read
+    _, used = build_run(cfg, tmp_path)
+    assert used.env.id == "CartPole-v1" and used.source.kind == "dataset"

@@ -15,7 +15,7 @@ from rltrain.build.agents import (
     check_action_space, dt_policies, dt_policy, dt_target_returns, load_policy,
 )
 from rltrain.build.assembly import (
-    build_loggers, build_trainer, resolve_device, resolved_config, task_name, term_windows, trainer_config,
+    build_loggers, build_run, build_trainer, resolve_device, resolved_config, task_name, term_windows, trainer_config,
     validate,
 )
 from rltrain.build.data import (
@@ -34,7 +34,7 @@ __all__ = [
     "algorithm_record", "build_agent", "build_categorical_actor", "build_crossq_critic",
     "build_deterministic_actor", "build_exploration", "build_groups", "build_loggers", "build_qvalue",
     "build_scheduler", "build_source", "build_state_value", "build_stochastic_actor", "build_trainer",
-    "build_updater", "check_action_space", "check_sequence_source", "data_env", "dataset_sampler",
+    "build_run", "build_updater", "check_action_space", "check_sequence_source", "data_env", "dataset_sampler",
     "dt_policies", "dt_policy", "dt_target_returns", "gail_reward_model", "load_offline_data", "load_policy",
     "load_task", "make_adam", "make_offline_eval_envs", "planned_updates", "prepare_offline_data",
     "resolve_device", "resolved_config", "score_refs", "source_kind", "task_name", "term_windows",

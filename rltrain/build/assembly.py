@@ -9,11 +9,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rltrain.build.agents import NormalizedPolicy, build_agent, dt_policies
 from rltrain.build.optim import build_groups, build_updater
-from rltrain.build.sources import build_source, load_task, reward_labeler, source_kind
+from rltrain.build.sources import Task, build_source, load_task, reward_labeler, source_kind
 from rltrain.envs import check_env_id
 from rltrain.errors import ConfigError
 from rltrain.loggers import ConsoleProgress, CSVLogger, Loggers, TensorboardLogger, WandbLogger
 from rltrain.trainer import Trainer, TrainerConfig
+from rltrain.video import VideoRecorder
 
 LOGGER_BACKENDS = ("wandb", "tensorboard")
 # source kind -> the trainer key of its budget
@@ -80,7 +81,7 @@ def trainer_config(cfg: DictConfig) -> TrainerConfig:
     return TrainerConfig(
         eval_every=int(t.eval_every), eval_episodes=int(t.eval_episodes), checkpoint_every=int(t.checkpoint_every),
         log_every=int(t.log_every), updater_every=int(cfg.algo.updater_every), seed=int(cfg.seed),
-        policy_snapshots=bool(t.policy_snapshots), term_windows=term_windows(cfg))
+        policy_snapshots=bool(t.policy_snapshots), video_every=int(t.video_every), term_windows=term_windows(cfg))
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None, initial_step: int,
@@ -103,17 +104,35 @@ def build_loggers(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None, init
     return Loggers(CSVLogger(run_dir), console, backends)
 
 
-def resolved_config(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with ``source.kind`` resolved (``auto`` -> the kind the run uses): what ``config.yaml``
-    records, so results tables read the clock from it."""
+def resolved_config(cfg: DictConfig, task: Task | None = None) -> DictConfig:
+    """What the run actually uses, for ``config.yaml``: ``source.kind`` resolved (``auto`` -> the kind;
+    results tables read the clock from it) and, with a dataset, ``env.id`` = the env it is evaluated
+    (and fine-tuned) in rather than the default online env."""
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.source.kind = source_kind(cfg)
+        if task is not None and task.data_env is not None:
+            cfg.env.id = task.data_env if isinstance(task.data_env, str) else task.data_env.id
     return cfg
+
+
+def video_recorder(cfg: DictConfig, task, run_dir: Path) -> VideoRecorder | None:
+    """``trainer.video_every > 0``: episodes of the evaluation env rendered to ``<run dir>/videos/``."""
+    if cfg.trainer.video_every <= 0:
+        return None
+    env = task.data_env if task.data_env is not None else cfg.env.id
+    kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True) if task.data_env is None else {}
+    return VideoRecorder(env, Path(run_dir) / "videos", cfg.env.max_episode_steps, **kwargs)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None = None,
                   initial_step: int = 0) -> Trainer:
+    return build_run(cfg, run_dir, wandb_run_id, initial_step)[0]
+
+
+def build_run(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None = None,
+              initial_step: int = 0) -> tuple[Trainer, DictConfig]:
+    """The Trainer of ``cfg`` and the config it resolves to (:func:`resolved_config`)."""
     kind = validate(cfg)
     device = resolve_device(cfg.device)
     task = load_task(cfg, kind, device)
@@ -130,9 +149,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None = Non
         eval_policy = NormalizedPolicy(agent.greedy, task.normalizer)
     else:
         eval_policy = agent.greedy
-    return Trainer(
+    trainer = Trainer(
         objective=agent.objective, updater=updater, groups=groups, source=source,
         eval_envs=task.eval_envs, eval_policy=eval_policy,
         loggers=build_loggers(cfg, run_dir, wandb_run_id, initial_step, source.clock, source.total),
         run_dir=run_dir, config=trainer_config(cfg), device=device, score_refs=task.score_refs,
-        normalizer=task.normalizer, reward_labeler=reward_labeler(cfg, kind, task, device))
+        normalizer=task.normalizer, reward_labeler=reward_labeler(cfg, kind, task, device),
+        video=video_recorder(cfg, task, run_dir))
+    return trainer, resolved_config(cfg, task)

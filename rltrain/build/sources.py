@@ -53,8 +53,8 @@ def source_kind(cfg: DictConfig) -> str:
         raise ConfigError(f"algo={cfg.algo.name} trains on source={record.source}, not source={kind}; remove the "
                           "source override")
     if kind in ("rollout", "finetune") and record.source != kind:
-        raise ConfigError(f"source={kind} serves {'on-policy rollouts (algo=ppo, algo=gail)' if kind == 'rollout' else 'Online DT (algo=online_dt)'}; "
-                          f"algo={cfg.algo.name} cannot train on it")
+        serves = "on-policy rollouts (algo=ppo, algo=gail)" if kind == "rollout" else "Online DT (algo=online_dt)"
+        raise ConfigError(f"source={kind} serves {serves}; algo={cfg.algo.name} cannot train on it")
     if kind in NEEDS_DATASET and cfg.dataset is None:
         raise ConfigError(f"source={kind} needs a dataset: add dataset=d4rl/hopper (or dataset=minari "
                           "dataset.id=<Minari id>)")

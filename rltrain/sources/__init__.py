@@ -7,5 +7,5 @@ from rltrain.sources.offline_to_online import OfflineToOnlineSource, OnlineTrans
 from rltrain.sources.replay import ReplaySchedule, ReplaySource
 from rltrain.sources.rollout import RolloutSource
 
-__all__ = ["CLOCKS", "DatasetSource", "EndsInterval", "FinetuneSource", "OfflineToOnlineSource", "OnlineTransform", "ReplaySchedule", "ReplaySource",
-           "RolloutSource", "Source", "crossed"]
+__all__ = ["CLOCKS", "DatasetSource", "EndsInterval", "FinetuneSource", "OfflineToOnlineSource", "OnlineTransform",
+           "ReplaySchedule", "ReplaySource", "RolloutSource", "Source", "crossed"]
