@@ -5,6 +5,10 @@ run directory before training. ``resume=<run dir>`` reloads that config (plain `
 overrides may still change leaves, e.g. a larger ``trainer.total_env_steps``) and the last
 checkpoint, and continues in the same directory.
 
+Exit codes: 0 done; 1 training failed (a non-finite loss or state, a write the file system refused;
+the last checkpoint is kept); 2 bad input, before any work; 3 stopped by SIGTERM/SIGINT after
+writing a checkpoint (resume with ``resume=<run dir>``); 130 interrupted outside training.
+
 ``seeds=[0,1,2]`` (set by the ``hparams_search=`` configs) trains the job once per seed, each a full run
 directory ``<job dir>/seed=<s>/``, and scores the job by the mean of the seeds' final scores. The task
 function returns a job's score (see :func:`final_score`), which is what the Optuna sweeper maximizes.

@@ -60,12 +60,14 @@ def _floating_tensors(node, path: str = ""):
 
 def non_finite_entries(state: dict) -> list[str]:
     """Paths of the floating-point tensors of ``state`` holding a NaN or an infinity."""
-    tensors = list(_floating_tensors(state))
-    if not tensors:
-        return []
-    # One reduction per tensor and a single host read for all of them.
-    finite = torch.stack([torch.isfinite(t).all().to("cpu", non_blocking=True) for _, t in tensors])
-    return [path for (path, _), ok in zip(tensors, finite.tolist()) if not ok]
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    for path, tensor in _floating_tensors(state):
+        by_device.setdefault(tensor.device, []).append((path, torch.isfinite(tensor).all()))
+    bad = []
+    for flags in by_device.values():  # one reduction per tensor, one host read per device
+        finite = torch.stack([flag for _, flag in flags]).tolist()
+        bad += [path for (path, _), ok in zip(flags, finite) if not ok]
+    return bad
 
 
 def check_finite(state: dict, directory: Path) -> None:
@@ -199,7 +201,7 @@ def _read(path: Path, device) -> tuple[dict | None, str]:
     if not path.exists():
         return None, "missing"
     if path.stat().st_size == 0:
-        return None, "empty file"
+        return None, "an empty file"
     try:
         state = load(path, device)
     except Exception as err:  # noqa: BLE001 - truncation and corruption surface as many types

@@ -120,7 +120,8 @@ def options(group: str) -> list[str]:
 
 
 SHIPPED = ([[f"algo={a}"] for a in options("algo")] + [[f"algo={a}", "dataset=d4rl/hopper"] for a in options("algo")]
-           + [[f"{group}={o}"] for group in ("env", "experiment", "network", "source", "logger") for o in options(group)])
+           + [[f"{group}={option}"] for group in ("env", "experiment", "network", "source", "logger")
+              for option in options(group)])
 
 
 @pytest.mark.parametrize("overrides", SHIPPED, ids=[" ".join(o) for o in SHIPPED])
@@ -186,7 +187,8 @@ def test_damaged_last_checkpoint_falls_back_to_previous(tmp_path, damage, capsys
 
 def test_no_readable_checkpoint_names_both_files(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"")
-    with pytest.raises(checkpoint.CheckpointReadError, match=r"last\.pt is empty file and .*previous\.pt is missing"):
+    with pytest.raises(checkpoint.CheckpointReadError,
+                       match=r"last\.pt is an empty file and .*previous\.pt is missing"):
         checkpoint.load_latest(tmp_path)
 
 
@@ -215,7 +217,7 @@ def test_a_write_that_does_not_fit_keeps_the_previous_checkpoint(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"], "the temporary file was left behind"
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")  # no optimizer steps are needed here
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")  # no optimizer steps are needed here
 def test_optimizer_settings_are_reapplied_after_restore():
     from rltrain.trainer import OptimizerGroup
 
@@ -419,7 +421,8 @@ def test_concurrent_runs_with_one_run_directory_name_stay_apart(tmp_path):
     """Three runs whose run directory resolves to the same name at once (as a timestamp does within a second)."""
     base = tmp_path / "runs" / "same-second"
     args = [*SHORT, "trainer.total_env_steps=400", "trainer.eval_every=400", "trainer.checkpoint_every=400",
-            "trainer.eval_episodes=1", "env.eval_num_envs=1", f"hydra.run.dir='${{rltrain_run_dir:${{resume}},{base}}}'"]
+            "trainer.eval_episodes=1", "env.eval_num_envs=1",
+            f"hydra.run.dir='${{rltrain_run_dir:${{resume}},{base}}}'"]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     procs = {seed: subprocess.Popen([sys.executable, "-m", "rltrain", *args, f"seed={seed}"], env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in (0, 1, 2)}
