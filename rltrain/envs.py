@@ -15,6 +15,7 @@ Atari (``ALE/...``) and MinAtar (``MinAtar/...``) ids get their preprocessing fr
 from __future__ import annotations
 
 import difflib
+import importlib
 import random
 
 import gymnasium as gym
@@ -28,17 +29,29 @@ from rltrain.modules.specs import Bounded, Categorical, spec_from_space
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise :class:`ConfigError` naming close matches if ``env_id`` is not registered."""
+    """Raise :class:`ConfigError` naming close matches if ``env_id`` is not registered.
+
+    ``module:Env-v0`` (gymnasium's form for custom envs) first imports ``module``, which registers
+    its envs."""
     if is_atari(env_id) or is_minatar(env_id):
         check_pixel_env_id(env_id)
         return
-    if env_id in gym.registry:
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # noqa: BLE001 - any failure of the user's module is reported the same way
+            raise ConfigError(f"env.id={env_id!r}: could not import module {module!r} ({type(err).__name__}: {err}). "
+                              "The module must be importable (on PYTHONPATH) and register the env with "
+                              "gymnasium.register") from err
+    if name in gym.registry:
         return
-    close = difflib.get_close_matches(env_id, list(gym.registry), n=5, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(gym.registry), n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise ConfigError(f"unknown gymnasium environment id {env_id!r}.{hint} "
-                      "Set env.id to a registered id (see gymnasium.pprint_registry()) or pick env=<name> "
-                      "from configs/env/.")
+    where = f" (module {module!r} did not register it)" if module else ""
+    raise ConfigError(f"unknown gymnasium environment id {name!r}{where}.{hint} "
+                      "Set env.id to a registered id (see gymnasium.pprint_registry()), module:Env-v0 for an env "
+                      "your module registers, or pick env=<name> from configs/env/.")
 
 
 def make_env(env_id: str | EnvSpec, max_episode_steps: int | None = None, *, atari=None, training: bool = True,

@@ -11,6 +11,10 @@ from __future__ import annotations
 import csv
 import os
 import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +90,12 @@ class WandbLogger:
         wandb = require("wandb", "wandb", "logger=wandb", min_version=WANDB_MIN_VERSION)
         self._wandb = wandb
         mode = mode or ("online" if _wandb_has_api_key() else "offline")
+        if mode == "online":
+            unreachable = wandb_unreachable()
+            if unreachable:
+                print(f"rltrain: warning: W&B is unreachable ({unreachable}); logging offline to {run_dir}/wandb "
+                      "(upload later with `wandb sync`)", file=sys.stderr, flush=True)
+                mode = "offline"
         self.run = wandb.init(
             project=project, entity=entity, group=group, name=name, tags=tags, config=config, mode=mode,
             dir=str(run_dir), id=run_id, resume="allow" if run_id else None, reinit="create_new",
@@ -116,6 +126,35 @@ class WandbLogger:
 
     def close(self, exit_code: int = 0) -> None:
         self.run.finish(exit_code=exit_code)
+
+
+WANDB_PROBE_TIMEOUT_S = 3.0
+
+
+def wandb_unreachable(timeout: float = WANDB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the W&B server (``WANDB_BASE_URL``, default https://api.wandb.ai) does not answer, or None.
+
+    Online ``wandb.init`` on a machine without network retries for about 100 s and then fails; this
+    probe makes one HTTP request instead (any HTTP answer counts as reachable) and gives up after
+    ``timeout`` seconds, name resolution included (it runs in a thread that is not waited for)."""
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").rstrip("/")
+    host = urllib.parse.urlsplit(base).netloc or base
+    outcome: list[str | None] = []
+
+    def request() -> None:
+        try:
+            urllib.request.urlopen(f"{base}/healthz", timeout=timeout).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:  # the server answered
+            outcome.append(None)
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            outcome.append(f"{host}: {getattr(reason, 'strerror', None) or reason}")
+
+    probe = threading.Thread(target=request, daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return outcome[0] if outcome else f"{host}: no answer within {timeout:g} s"
 
 
 def _wandb_has_api_key() -> bool:

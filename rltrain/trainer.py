@@ -386,7 +386,7 @@ class Trainer:
         self._interval = {"time": time.perf_counter(), "updates": self.updates, "env_steps": self.env_steps}
 
     def save_checkpoint(self) -> None:
-        checkpoint.save_atomic(self.state_dict(), self.checkpoint_path)
+        checkpoint.save_checkpoint(self.state_dict(), self.checkpoint_path.parent)
 
     def summary(self) -> dict:
         final, best = self.last_eval or {}, self.best_eval or {}

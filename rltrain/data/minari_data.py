@@ -373,6 +373,7 @@ def to_offline_data(dataset: minari.MinariDataset) -> OfflineData:
                            f"{_delete_advice(dataset.id, None)}")
 
     episode_starts = torch.cumsum(episode_lengths, 0) - episode_lengths
+    _check_finite(dataset.id, observations, actions, rewards, episode_starts, episode_lengths)
     episode_index = torch.repeat_interleave(torch.arange(num_episodes), episode_lengths)
     metadata = dataset.storage.metadata
     return OfflineData(
@@ -391,6 +392,35 @@ def to_offline_data(dataset: minari.MinariDataset) -> OfflineData:
         ref_max_score=_optional_float(metadata.get("ref_max_score")),
         dataset_id=dataset.id,
     )
+
+
+def _first_non_finite(values: torch.Tensor) -> tuple[int, int] | None:
+    """(first row holding a NaN or an infinity, number of such rows), or None when all are finite."""
+    finite = torch.isfinite(values)
+    bad_rows = ~(finite.all(dim=-1) if values.dim() > 1 else finite)
+    count = int(bad_rows.sum())
+    return (int(bad_rows.nonzero()[0, 0]), count) if count else None
+
+
+def _check_finite(dataset_id: str, observations: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+                  episode_starts: torch.Tensor, episode_lengths: torch.Tensor) -> None:
+    """NaN or infinite observations, actions or rewards would surface much later as a misleading
+    error (a zero std, a diverging loss): name the field, the first bad episode and step here."""
+    # observation rows of episode k start at episode_starts[k] + k (each episode has length + 1 of them)
+    observation_starts = episode_starts + torch.arange(episode_starts.shape[0])
+    fields = [("observations", observations, observation_starts), ("rewards", rewards, episode_starts)]
+    if actions.is_floating_point():
+        fields.insert(1, ("actions", actions, episode_starts))
+    for name, values, starts in fields:
+        found = _first_non_finite(values)
+        if found is None:
+            continue
+        row, count = found
+        episode = int(torch.searchsorted(starts, torch.tensor(row), right=True)) - 1
+        raise DatasetError(
+            f"Minari dataset {dataset_id!r}: {name} hold non-finite values (NaN or inf), first at episode {episode}, "
+            f"step {row - int(starts[episode])} ({count} bad rows in all); rltrain cannot train on them. "
+            f"{_delete_advice(dataset_id, None)}")
 
 
 def _optional_float(value) -> float | None:
