@@ -15,7 +15,8 @@ own wrappers plus three small ones here:
 Evaluation uses 1-3 and 5: full games, unclipped score.
 
 MinAtar (``MinAtar/<Game>-v1``): the ``minatar`` package's games, 10x10xC binary channels turned into
-uint8 ``[C, 10, 10]`` (:class:`ChannelsFirst`).
+uint8 ``[C, 10, 10]`` (:class:`ChannelsFirst`), each episode starting with no sticky action
+(:class:`ForgetStickyAction`).
 """
 
 from __future__ import annotations
@@ -148,6 +149,17 @@ class ChannelsFirst(gym.ObservationWrapper):
         return np.ascontiguousarray(np.moveaxis(observation, -1, 0), dtype=np.uint8)
 
 
+class ForgetStickyAction(gym.Wrapper):
+    """MinAtar repeats the previous action with its sticky-action probability, and its ``reset`` keeps
+    that action from the episode before. Setting it back to no-op (0, the action a fresh game starts
+    with) on reset makes an episode depend on its seed alone, so restarted training envs and evaluation
+    envs behave the same in a resumed process as in an uninterrupted one."""
+
+    def reset(self, **kwargs):
+        self.env.unwrapped.game.last_action = 0
+        return self.env.reset(**kwargs)
+
+
 # ---- pipelines -----------------------------------------------------------------------------------
 
 def needs_fire(env: gym.Env) -> bool:
@@ -184,4 +196,4 @@ def make_atari_env(env_id: str, options: DictConfig | dict, training: bool, max_
 
 
 def make_minatar_env(env_id: str, max_episode_steps: int | None = None, **kwargs) -> gym.Env:
-    return ChannelsFirst(gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs))
+    return ChannelsFirst(ForgetStickyAction(gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs)))

@@ -44,7 +44,17 @@ def _conv_output_size(body: nn.Module, shape: tuple[int, ...]) -> int:
         return int(body(torch.zeros(1, *shape)).shape[-1])
 
 
-class NatureCNN(nn.Sequential):
+class ImageEncoder(nn.Sequential):
+    """An encoder of images ``[*B, C, H, W]`` -> ``[*B, features]`` for any batch shape ``B`` (a
+    rollout's ``[T, N]`` included): the batch dimensions are flattened around the convolutions."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[:-3]
+        out = super().forward(x.reshape(-1, *x.shape[-3:]))
+        return out.reshape(*batch, out.shape[-1])
+
+
+class NatureCNN(ImageEncoder):
     """The DQN paper's encoder: ``[B, C, H, W]`` -> ``[B, 512]``."""
 
     def __init__(self, shape: tuple[int, int, int], scale: float = 255.0, features: int = 512):
@@ -59,7 +69,7 @@ class NatureCNN(nn.Sequential):
         self.out_features = features
 
 
-class MinAtarCNN(nn.Sequential):
+class MinAtarCNN(ImageEncoder):
     """MinAtar's encoder: ``[B, C, 10, 10]`` -> ``[B, 128]``."""
 
     def __init__(self, shape: tuple[int, int, int], scale: float = 1.0, features: int = 128):
@@ -79,7 +89,7 @@ class _Residual(nn.Module):
         return x + self.block(x)
 
 
-class ImpalaCNN(nn.Sequential):
+class ImpalaCNN(ImageEncoder):
     """IMPALA's residual encoder: ``[B, C, H, W]`` -> ``[B, 256]``."""
 
     def __init__(self, shape: tuple[int, int, int], scale: float = 255.0, features: int = 256,
