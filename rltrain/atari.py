@@ -103,7 +103,9 @@ class FireReset(gym.Wrapper):
 
 class EpisodicLife(gym.Wrapper):
     """A lost life ends the episode for the learner; the next reset continues the game (a no-op step)
-    unless the game itself is over (Mnih et al. 2015's training setting)."""
+    unless the game itself is over (Mnih et al. 2015's training setting). A seeded reset always starts
+    a new game: the seed alone decides what follows (autoresets pass none), so restarting the envs
+    at a checkpoint gives the same episodes in a resumed process as in an uninterrupted one."""
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
@@ -120,7 +122,7 @@ class EpisodicLife(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
     def reset(self, **kwargs):
-        if self._game_over:
+        if self._game_over or kwargs.get("seed") is not None:
             obs, info = self.env.reset(**kwargs)
         else:
             obs, _, terminated, truncated, info = self.env.step(0)

@@ -92,7 +92,7 @@ class SourceRun:
         if int(self.config.env.num_envs) != 1:
             raise ConfigError("medium-replay needs a source run with env.num_envs=1 (its replay buffer then holds "
                               "one episode after the other).")
-        buffer = ReplayBuffer.from_state_dict(checkpoint.load(self.last)["buffer"])
+        buffer = ReplayBuffer.from_state_dict(checkpoint.load(self.last)["source"]["buffer"])  # a ReplaySource's
         if buffer.wrapped:
             raise ConfigError("medium-replay: the source run's replay buffer wrapped around, so its early "
                               "transitions are gone; re-run the source with a trainer.buffer_size larger than "
