@@ -356,8 +356,8 @@ def build_exploration(cfg: DictConfig, action_spec):
 def build_agent(cfg: DictConfig, obs_spec: Bounded, action_spec) -> Agent:
     record = algorithm_record(cfg)
     _check_loss_kwargs(cfg.algo.objective, cfg.algo.loss)
-    check_action_space(cfg, action_spec)
     check_observation_space(cfg, obs_spec)
+    check_action_space(cfg, action_spec)
     try:
         agent = record.builder(cfg, obs_spec if record.images else obs_spec.dim, action_spec)
     except (ValueError, TypeError) as err:  # the objective's own argument checks
