@@ -1,8 +1,8 @@
 """Atari speed and memory: DQN updates/s on 84x84x4 uint8 batches, env steps/s, replay peak RSS.
 
 * ``updates``: DQN updates/s with the Nature CNN on batches of 32 uint8 ``[4, 84, 84]`` stacks,
-  rltrain's path (ReplayBuffer.sample with frames rebuilt by index, DQNLoss, Adam, hard target
-  update) against a hand-written CleanRL-style loop (uint8 ``[N, 4, 84, 84]`` arrays indexed
+  rltrain's path (ReplayBuffer.sample with frames rebuilt by index, the channels-last Nature CNN,
+  DQNLoss, the CLI's Adam, hard target update) against a hand-written CleanRL-style loop (uint8 ``[N, 4, 84, 84]`` arrays indexed
   directly, ``x / 255`` in the network, MSE target, one Adam). Interleaved rounds in one process;
   the ratio is the median of per-round ratios.
 * ``envs``: env steps/s of the Atari pipeline (env=atari's preprocessing) with 1, 4 and 8 envs,
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import nn
 
+from rltrain.build import make_adam
 from rltrain.data import ReplayBuffer
 from rltrain.envs import make_vector_env
 from rltrain.modules import MLP, QValueActor
@@ -67,7 +68,7 @@ def rltrain_update(data: TensorDict):
                                 loss_function="l2", delay_value=True)
     loss.make_value_estimator(gamma=0.99)
     updater = UPDATERS["hard"](loss, value_network_update_interval=250)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    optimizer = make_adam(list(net.parameters()), lr=1e-4)  # the CLI's optimizer (fused where available)
 
     def update():
         out = loss(buffer.sample(BATCH))

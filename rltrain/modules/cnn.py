@@ -46,11 +46,20 @@ def _conv_output_size(body: nn.Module, shape: tuple[int, ...]) -> int:
 
 class ImageEncoder(nn.Sequential):
     """An encoder of images ``[*B, C, H, W]`` -> ``[*B, features]`` for any batch shape ``B`` (a
-    rollout's ``[T, N]`` included): the batch dimensions are flattened around the convolutions."""
+    rollout's ``[T, N]`` included): the batch dimensions are flattened around the convolutions.
+
+    Convolutions run channels-last (NHWC: the input and the filters), which oneDNN and cuDNN run
+    faster than NCHW (about 1.35x for the Nature CNN's update on one CPU thread, see README); the
+    values are the same."""
+
+    def __init__(self, *modules: nn.Module):
+        super().__init__(*modules)
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[:-3]
-        out = super().forward(x.reshape(-1, *x.shape[-3:]))
+        images = x.reshape(-1, *x.shape[-3:]).contiguous(memory_format=torch.channels_last)
+        out = super().forward(images)
         return out.reshape(*batch, out.shape[-1])
 
 
