@@ -8,7 +8,8 @@
 * ``envs``: env steps/s of the Atari pipeline (env=atari's preprocessing) with 1, 4 and 8 envs,
   sync and async vectorization, random actions.
 * ``memory``: peak RSS (``resource.getrusage``) of filling a frame-stack replay of ``--capacity``
-  steps with Atari-sized frames; compares with ``capacity x 84 x 84`` bytes.
+  steps with Atari-sized frames, over the RSS before the replay was made; compares with
+  ``capacity x 84 x 84`` bytes.
 
     python benchmarks/atari.py updates --threads 1
     python benchmarks/atari.py envs
@@ -159,10 +160,16 @@ def bench_envs(args) -> None:
 
 # ---- replay memory --------------------------------------------------------------------------------
 
+def current_rss() -> int:
+    """Resident set size now, in bytes (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
 def bench_memory(args) -> None:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    chunk = fake_episodes(10_000, seed=1)  # the input (stacks and next stacks), not part of the replay's cost
+    before = current_rss()  # not the high-water mark: making the chunk peaked above what it keeps
     buffer = ReplayBuffer(args.capacity, seed=0, frame_stack=STACK)
-    chunk = fake_episodes(10_000, seed=1)
     written = 0
     while written < args.capacity:
         buffer.extend(chunk)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 ENV_ID = "MinAtar/Breakout-v1"
 FACTOR = 4.0
-RANDOM_EPISODES = 300
+RANDOM_EPISODES = 3000
 COMMON = ["torch_threads=1", "logger.progress=false", "trainer.eval_episodes=20", "trainer.checkpoint_every=1000000",
           f"env.id={ENV_ID}"]
 CASES = {
@@ -42,7 +42,7 @@ def random_return() -> float:
     generator = torch.Generator().manual_seed(0)
     n = envs.single_action_space.n
     policy = lambda obs: torch.randint(n, (obs.shape[0],), generator=generator)  # noqa: E731
-    result = evaluate(envs, policy, RANDOM_EPISODES, seed=10_000, device=torch.device("cpu"))
+    result = evaluate(envs, policy, RANDOM_EPISODES, seed=0, device=torch.device("cpu"))
     envs.close()
     assert result["episodes"] == RANDOM_EPISODES and result["return_mean"] > 0
     return result["return_mean"]
