@@ -1,14 +1,15 @@
 """Atari speed and memory: DQN updates/s on 84x84x4 uint8 batches, env steps/s, replay peak RSS.
 
 * ``updates``: DQN updates/s with the Nature CNN on batches of 32 uint8 ``[4, 84, 84]`` stacks,
-  rltrain's path (ReplayBuffer.sample with frames rebuilt by index, DQNLoss, Adam, hard target
-  update) against a hand-written CleanRL-style loop (uint8 ``[N, 4, 84, 84]`` arrays indexed
+  rltrain's path (ReplayBuffer.sample with frames rebuilt by index, the channels-last Nature CNN,
+  DQNLoss, the CLI's Adam, hard target update) against a hand-written CleanRL-style loop (uint8 ``[N, 4, 84, 84]`` arrays indexed
   directly, ``x / 255`` in the network, MSE target, one Adam). Interleaved rounds in one process;
   the ratio is the median of per-round ratios.
 * ``envs``: env steps/s of the Atari pipeline (env=atari's preprocessing) with 1, 4 and 8 envs,
   sync and async vectorization, random actions.
 * ``memory``: peak RSS (``resource.getrusage``) of filling a frame-stack replay of ``--capacity``
-  steps with Atari-sized frames; compares with ``capacity x 84 x 84`` bytes.
+  steps with Atari-sized frames, over the RSS before the replay was made; compares with
+  ``capacity x 84 x 84`` bytes.
 
     python benchmarks/atari.py updates --threads 1
     python benchmarks/atari.py envs
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import nn
 
+from rltrain.build import make_adam
 from rltrain.data import ReplayBuffer
 from rltrain.envs import make_vector_env
 from rltrain.modules import MLP, QValueActor
@@ -67,7 +69,7 @@ def rltrain_update(data: TensorDict):
                                 loss_function="l2", delay_value=True)
     loss.make_value_estimator(gamma=0.99)
     updater = UPDATERS["hard"](loss, value_network_update_interval=250)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    optimizer = make_adam(list(net.parameters()), lr=1e-4)  # the CLI's optimizer (fused where available)
 
     def update():
         out = loss(buffer.sample(BATCH))
@@ -158,10 +160,16 @@ def bench_envs(args) -> None:
 
 # ---- replay memory --------------------------------------------------------------------------------
 
+def current_rss() -> int:
+    """Resident set size now, in bytes (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
 def bench_memory(args) -> None:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    chunk = fake_episodes(10_000, seed=1)  # the input (stacks and next stacks), not part of the replay's cost
+    before = current_rss()  # not the high-water mark: making the chunk peaked above what it keeps
     buffer = ReplayBuffer(args.capacity, seed=0, frame_stack=STACK)
-    chunk = fake_episodes(10_000, seed=1)
     written = 0
     while written < args.capacity:
         buffer.extend(chunk)

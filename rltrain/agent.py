@@ -110,6 +110,7 @@ class EvalTask:
     env_kwargs: dict = field(default_factory=dict)
     score_refs: tuple[float, float] | None = None  # (ref_min, ref_max) of normalized scores
     dt_targets: list[float] | None = None          # a Decision Transformer's target returns
+    atari: dict | None = None                      # an Atari run's preprocessing (env.atari), evaluation side
 
     @property
     def env_id(self) -> str:
@@ -117,10 +118,12 @@ class EvalTask:
 
     def make_env(self, render_mode: str | None = None) -> gym.Env:
         extra = {"render_mode": render_mode} if render_mode else {}
-        return make_env(self.env, self.max_episode_steps, **self.env_kwargs, **extra)
+        return make_env(self.env, self.max_episode_steps, atari=self.atari, training=False, **self.env_kwargs,
+                        **extra)
 
     def make_vector_env(self, num_envs: int) -> gym.vector.VectorEnv:
-        return make_vector_env(self.env, num_envs, self.max_episode_steps, **self.env_kwargs)
+        return make_vector_env(self.env, num_envs, self.max_episode_steps, atari=self.atari, training=False,
+                               **self.env_kwargs)
 
     def normalized_score(self, episode_return: float) -> float | None:
         if self.score_refs is None:
@@ -138,7 +141,11 @@ def run_task(cfg: DictConfig, env_id: str | None = None) -> EvalTask:
     max_steps = cfg.env.max_episode_steps
     if cfg.dataset is None:
         kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True) or {}
-        return EvalTask(env_id or cfg.env.id, max_steps, kwargs)
+        atari = cfg.env.get("atari")
+        env = env_id or cfg.env.id
+        refs = (cfg.env.get("reference_scores") or {}).get(env)
+        return EvalTask(env, max_steps, kwargs, score_refs=None if refs is None else (float(refs[0]), float(refs[1])),
+                        atari=None if atari is None else OmegaConf.to_container(atari, resolve=True))
     data = build.load_offline_data(cfg.dataset)
     refs = build.score_refs(cfg, data)
     targets = None
@@ -184,7 +191,12 @@ class Agent:
 
     @property
     def obs_dim(self) -> int:
-        return int(self.observation_space.shape[0])
+        return int(np.prod(self.observation_space.shape))
+
+    @property
+    def _obs_dtype(self) -> torch.dtype:
+        """uint8 frames stay uint8 (the encoder scales them), as in training; anything else is float32."""
+        return torch.uint8 if self.observation_space.dtype == np.uint8 else torch.float32
 
     def policy(self, deterministic: bool = True):
         """The policy on torch batches ``[n, obs] -> [n, ...]``, with the normalizer folded in."""
@@ -208,17 +220,20 @@ class Agent:
 
     @torch.no_grad()
     def act(self, observation, deterministic: bool = True):
-        """Actions for ``observation`` (``[obs]`` or ``[n, obs]``, NumPy or torch), of the same kind."""
+        """Actions for ``observation`` (``[obs]`` or ``[n, obs]``; images ``[C, H, W]`` or ``[n, C, H, W]``;
+        NumPy or torch), of the same kind."""
         is_tensor = isinstance(observation, torch.Tensor)
         obs = observation.detach() if is_tensor else torch.as_tensor(np.asarray(observation))
-        single = obs.dim() == 1
+        shape = tuple(self.observation_space.shape)
+        single = tuple(obs.shape) == shape
         if single:
             obs = obs.unsqueeze(0)
-        if obs.dim() != 2 or obs.shape[-1] != self.obs_dim:
-            raise ValueError(f"act expects observations of shape [{self.obs_dim}] or [n, {self.obs_dim}] "
+        if tuple(obs.shape[1:]) != shape:
+            dims = ", ".join(map(str, shape))
+            raise ValueError(f"act expects observations of shape [{dims}] or [n, {dims}] "
                              f"(the run's {self.task.env_id}), got {tuple(observation.shape)}")
         self._prepare(obs.shape[0])
-        action = self._policies[bool(deterministic)](obs.to("cpu", torch.float32))
+        action = self._policies[bool(deterministic)](obs.to("cpu", self._obs_dtype))
         self._awaiting_reward = self.needs_rewards
         if single:
             action = action[0]

@@ -93,7 +93,7 @@ def _vector_env(agent: Agent, env, episodes: int) -> gym.vector.VectorEnv:
         from rltrain.envs import make_vector_env
 
         return make_vector_env(env, min(int(agent.config.env.eval_num_envs), episodes),
-                               agent.task.max_episode_steps)
+                               agent.task.max_episode_steps, atari=agent.task.atari, training=False)
     raise TypeError(f"env must be None (the run's eval env), an env id, an EnvSpec, a gymnasium Env or "
                     f"VectorEnv; got {type(env).__name__}")
 

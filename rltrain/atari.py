@@ -15,7 +15,8 @@ own wrappers plus three small ones here:
 Evaluation uses 1-3 and 5: full games, unclipped score.
 
 MinAtar (``MinAtar/<Game>-v1``): the ``minatar`` package's games, 10x10xC binary channels turned into
-uint8 ``[C, 10, 10]`` (:class:`ChannelsFirst`).
+uint8 ``[C, 10, 10]`` (:class:`ChannelsFirst`), each episode starting with no sticky action
+(:class:`ForgetStickyAction`).
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ class FireReset(gym.Wrapper):
 
 class EpisodicLife(gym.Wrapper):
     """A lost life ends the episode for the learner; the next reset continues the game (a no-op step)
-    unless the game itself is over (Mnih et al. 2015's training setting)."""
+    unless the game itself is over (Mnih et al. 2015's training setting). A seeded reset always starts
+    a new game: the seed alone decides what follows (autoresets pass none), so restarting the envs
+    at a checkpoint gives the same episodes in a resumed process as in an uninterrupted one."""
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
@@ -119,7 +122,7 @@ class EpisodicLife(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
     def reset(self, **kwargs):
-        if self._game_over:
+        if self._game_over or kwargs.get("seed") is not None:
             obs, info = self.env.reset(**kwargs)
         else:
             obs, _, terminated, truncated, info = self.env.step(0)
@@ -146,6 +149,17 @@ class ChannelsFirst(gym.ObservationWrapper):
 
     def observation(self, observation):
         return np.ascontiguousarray(np.moveaxis(observation, -1, 0), dtype=np.uint8)
+
+
+class ForgetStickyAction(gym.Wrapper):
+    """MinAtar repeats the previous action with its sticky-action probability, and its ``reset`` keeps
+    that action from the episode before. Setting it back to no-op (0, the action a fresh game starts
+    with) on reset makes an episode depend on its seed alone, so restarted training envs and evaluation
+    envs behave the same in a resumed process as in an uninterrupted one."""
+
+    def reset(self, **kwargs):
+        self.env.unwrapped.game.last_action = 0
+        return self.env.reset(**kwargs)
 
 
 # ---- pipelines -----------------------------------------------------------------------------------
@@ -184,4 +198,4 @@ def make_atari_env(env_id: str, options: DictConfig | dict, training: bool, max_
 
 
 def make_minatar_env(env_id: str, max_episode_steps: int | None = None, **kwargs) -> gym.Env:
-    return ChannelsFirst(gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs))
+    return ChannelsFirst(ForgetStickyAction(gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs)))

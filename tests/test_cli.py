@@ -68,13 +68,15 @@ TINY_DT = ["algo.model={embed_dim:16,n_layer:1,n_head:1,inner_dim:32,dropout:0.1
     (["algo=iql", "dataset=minari", "dataset.id=rltrain-test/pendulum/tiny-v0",  # offline: dataset sampler,
       "trainer.total_updates=3000"], "updates"),                                 # normalizer, cosine lr
     (["algo=ppo", "env=cartpole", "algo.steps_per_env=250"], "env_steps"),  # rollouts, GAE, linear lr decay
+    (["experiment=dqn_minatar", "algo.n_step=3", "algo.updater.value_network_update_interval=200",  # uint8 frames,
+      "algo.exploration.annealing_steps=2000", "trainer.buffer_size=2000"], "env_steps"),  # CNN, storage-once replay
     (["algo=gail", "dataset=minari", "dataset.id=rltrain-test/cartpole/tiny-v0",  # + the discriminator and
       "algo.steps_per_env=250"], "env_steps"),                                     # its optimizer
     (["algo=online_dt", "dataset=minari", "dataset.id=rltrain-test/pendulum/tiny-v0", *TINY_DT,  # trajectory
       "algo.pretrain_updates=500", "algo.updates_per_episode=400", "trainer.total_updates=1500"], "updates"),
     (["algo=iql", "dataset=minari", "dataset.id=rltrain-test/pendulum/tiny-v0", "source=offline_to_online",
       "source.offline_updates=1500", "source.online_env_steps=1500"], "position"),  # killed offline, resumed
-], ids=["sac", "dqn", "iql-offline", "ppo", "gail", "online_dt", "offline-to-online"])          # across the switch
+], ids=["sac", "dqn", "iql-offline", "ppo", "dqn-minatar", "gail", "online_dt", "offline-to-online"])          # across the switch
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path, algo, counter, tiny_datasets):
     """Online DT's episodes (buffer, env seeds, sampling noise), warm-up schedule and alpha resume too."""
     args = [*SHORT, *algo, "trainer.total_env_steps=3000", "trainer.checkpoint_every=1000",

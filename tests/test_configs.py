@@ -18,7 +18,9 @@ ALGOS = sorted(p.stem for p in (CONFIGS / "algo").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml") if not p.stem.startswith("benchmark_"))
 GRIDS = sorted(p.stem for p in (CONFIGS / "experiment").glob("benchmark_*.yaml"))
 LOGGERS = sorted(p.stem for p in (CONFIGS / "logger").glob("*.yaml"))
-DISCRETE_ENVS = {"cartpole", "acrobot", "mountaincar", "lunarlander"}
+DISCRETE_ENVS = {"cartpole", "acrobot", "mountaincar", "lunarlander", "atari", "minatar"}
+PIXEL_SMALL = ["trainer.buffer_size=1000"]  # not the Atari presets' 1M frames
+ENV_ID_PREFIXES = {"atari": "ale/", "minatar": "minatar/"}  # experiment <algo>_<env> -> env.id's start
 DISCRETE_ALGOS = {"dqn", "c51", "discrete_iql", "discrete_cql"}
 OFFLINE_ALGOS = {"cal_ql", "iql", "cql", "td3bc", "bc", "discrete_iql", "discrete_cql", "dt", "online_dt",
                  "diffusion_bc", "act"}
@@ -51,9 +53,9 @@ def test_the_required_configs_exist():
 @pytest.mark.parametrize("env", ENVS)
 def test_env_config_builds_and_collects(env, tmp_path):
     algo = "dqn" if env in DISCRETE_ENVS else "sac"
-    trainer = build(tmp_path, f"env={env}", f"algo={algo}")
-    obs_dim = trainer.source.collector.envs.single_observation_space.shape[0]
-    assert trainer.source.buffer.sample(2)["observation"].shape == (2, obs_dim)
+    trainer = build(tmp_path, f"env={env}", f"algo={algo}", *PIXEL_SMALL)
+    obs_shape = trainer.source.collector.envs.single_observation_space.shape
+    assert trainer.source.buffer.sample(2)["observation"].shape == (2, *obs_shape)
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -77,8 +79,8 @@ def test_algo_config_builds_and_updates(algo, tmp_path, request):
 def test_experiment_presets_build(experiment, tmp_path):
     cfg = compose_config(f"experiment={experiment}")
     algo, env = experiment.split("_", 1)
-    assert cfg.algo.name == algo and cfg.env.id.lower().startswith(env.replace("walker2d", "walker2d")[:4])
-    build(tmp_path, f"experiment={experiment}")
+    assert cfg.algo.name == algo and cfg.env.id.lower().startswith(ENV_ID_PREFIXES.get(env, env[:4]))
+    build(tmp_path, f"experiment={experiment}", *PIXEL_SMALL)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -93,6 +95,12 @@ def test_experiment_presets_build(experiment, tmp_path):
     (["algo=ppo", "env=cartpole", "algo.steps_per_env=8", "trainer.batch_size=64"], "minibatch_size 64 exceeds"),
     (["algo=redq", "trainer.updates_per_step=0.5"], "algo.optim.actor.every must be a whole number"),
     (["algo=td3", "algo.optim.actor.every=0"], "algo.optim.actor.every must be a whole number"),
+    (["algo=sac", "env=minatar"], "algo=sac takes flat observation vectors, but MinAtar/Breakout-v1 observes images "
+                                  "of shape .4, 10, 10.; the algorithms that take images are algo=dqn, algo=c51"),
+    (["experiment=dqn_atari", "trainer.buffer_size=8"], "trainer.buffer_size=8 cannot serve env.atari.frame_stack=4"),
+    (["experiment=dqn_minatar", "algo.n_step=0"], "algo.n_step must be a whole number of steps >= 1"),
+    (["experiment=dqn_minatar", "network.encoder=nature"], "network.encoder=nature needs images of at least 36x36"),
+    (["algo=dqn", "env=cartpole", "network.encoder=minatar"], "network.encoder=minatar is a convolutional encoder"),
 ])
 def test_mismatched_or_invalid_algorithm_settings_fail_clearly(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

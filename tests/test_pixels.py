@@ -301,3 +301,63 @@ def test_heads_on_a_shared_encoder_train_it_once():
     shared = {id(p) for p in actor.parameters()} & {id(p) for p in critic.parameters()}
     assert shared == {id(p) for p in encoder.parameters()}
     assert actor(torch.zeros(5, 4, 10, 10, dtype=torch.uint8)).shape == (5, 3)
+
+
+# ---- episodes that depend on their seed alone (exact resume restarts envs with seeds) -------------------
+
+def _frames_after_reset(env: gym.Env, seed: int, actions: list[int]) -> list[np.ndarray]:
+    obs, _ = env.reset(seed=seed)
+    frames = [obs]
+    for action in actions:
+        obs, _, terminated, truncated, _ = env.step(action)
+        frames.append(obs)
+        if terminated or truncated:
+            break
+    return frames
+
+
+def test_a_seeded_reset_after_a_lost_life_starts_a_new_atari_game():
+    actions = [int(a) for a in np.random.default_rng(0).integers(0, 4, 40)]
+    fresh = _frames_after_reset(make_env("ALE/Breakout-v5", atari=ATARI, training=True), 3, actions)
+    played = make_env("ALE/Breakout-v5", atari=ATARI, training=True)
+    played.reset(seed=1)
+    for _ in range(5000):  # until episodic life ends the learner's episode (a life lost, the game goes on)
+        _, _, terminated, truncated, _ = played.step(played.action_space.sample())
+        if terminated or truncated:
+            break
+    assert terminated and played.unwrapped.ale.lives() > 0, "no life was lost with the game still running"
+    again = _frames_after_reset(played, 3, actions)
+    assert len(again) == len(fresh) and all(np.array_equal(a, b) for a, b in zip(again, fresh))
+
+
+def test_a_minatar_episode_does_not_inherit_the_previous_sticky_action():
+    """With sticky_action_prob=1 every step repeats the remembered action: a game that started with the
+    previous episode's (right) would move the paddle, a fresh one (no-op) does not."""
+    actions = [int(a) for a in np.random.default_rng(0).integers(0, 3, 40)]
+    fresh = _frames_after_reset(make_env("MinAtar/Breakout-v1", sticky_action_prob=1.0), 3, actions)
+    played = make_env("MinAtar/Breakout-v1", sticky_action_prob=1.0)
+    played.reset(seed=1)
+    played.unwrapped.game.last_action = 3  # "right", as an earlier episode may leave it
+    again = _frames_after_reset(played, 3, actions)
+    assert len(again) == len(fresh) and all(np.array_equal(a, b) for a, b in zip(again, fresh))
+
+
+def test_a_trained_minatar_agent_acts_on_frames_and_reproduces_its_evaluation(tmp_path):
+    import csv
+
+    import rltrain
+    from rltrain.envs import derive_seed
+
+    rltrain.train(["experiment=dqn_minatar", "torch_threads=1", "logger.progress=false", "trainer.total_env_steps=400",
+                   "trainer.warmup_steps=100", "trainer.learning_starts=100", "trainer.eval_every=400",
+                   "trainer.eval_episodes=3", "env.eval_num_envs=3"], run_dir=tmp_path)
+    agent = rltrain.load_agent(tmp_path)
+    assert agent.act(np.zeros((4, 10, 10), dtype=np.uint8)).shape == ()
+    assert agent.act(torch.zeros(5, 4, 10, 10, dtype=torch.uint8)).shape == (5,)
+    with pytest.raises(ValueError, match=r"shape \[4, 10, 10\] or \[n, 4, 10, 10\]"):
+        agent.act(np.zeros((4, 10), dtype=np.uint8))
+    with (tmp_path / "eval.csv").open(newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    again = rltrain.evaluate(agent, episodes=3, seed=derive_seed(0, int(last["env_step"]), 2))
+    assert again["return_mean"] == pytest.approx(float(last["return_mean"]))
+    assert again["length_mean"] == pytest.approx(float(last["length_mean"]))

@@ -20,10 +20,11 @@ from rltrain.data.normalize import ObservationNormalizer
 from rltrain.errors import ConfigError
 from rltrain.exploration import EpsilonGreedy, GaussianNoise, OrnsteinUhlenbeckNoise
 from rltrain.modules import (
-    DDPM, ACTActor, ACTModel, Bounded, Categorical, DecisionTransformer, DiffusionActor, DistributionalQValueActor,
-    DTActor, DTPolicy, OnlineDTActor, QValueActor, TemporalEnsemblePolicy, ValueOperator,
+    DDPM, ACTActor, ACTModel, Bounded, Categorical, CategoricalActor, DecisionTransformer, DiffusionActor,
+    DistributionalQValueActor, DTActor, DTPolicy, OnlineDTActor, QValueActor, TemporalEnsemblePolicy, ValueOperator,
 )
 from rltrain.objectives import LossModule, get_objective
+from rltrain.modules.cnn import EncodedHead, build_encoder
 from rltrain.objectives.dqn import check_support_covers_returns
 from rltrain.build.networks import (
     _mlp, build_categorical_actor, build_crossq_critic, build_deterministic_actor, build_qvalue,
@@ -92,24 +93,39 @@ def ddpg_agent(cfg: DictConfig, obs_dim: int, action_spec: Bounded) -> Agent:
     return deterministic_agent(cfg, obs_dim, action_spec, with_spec=False)
 
 
-def qvalue_agent(cfg: DictConfig, obs_dim: int, action_spec: Categorical) -> Agent:
-    """DQN, discrete CQL: a Q-value actor acting greedily, epsilon-greedy during collection."""
-    actor = QValueActor(_mlp(obs_dim, action_spec.n, cfg.network.critic), action_space="categorical")
+def _encoded(encoder: nn.Module, head: nn.Module) -> nn.Module:
+    """``head`` on ``encoder``; flat observations (no encoder) keep the bare MLP and its parameter names."""
+    return head if isinstance(encoder, nn.Identity) else EncodedHead(encoder, head)
+
+
+def _encoder(cfg: DictConfig, obs_spec: Bounded) -> tuple[nn.Module, int]:
+    """``network.encoder`` for these observations (a CNN for images, none for vectors) and its output size."""
+    return build_encoder(obs_spec, cfg.network.get("encoder", "auto"))
+
+
+def qvalue_agent(cfg: DictConfig, obs_spec: Bounded, action_spec: Categorical) -> Agent:
+    """DQN, discrete CQL: a Q-value actor (on the encoder, for images) acting greedily, epsilon-greedy
+    during collection."""
+    encoder, features = _encoder(cfg, obs_spec)
+    net = _encoded(encoder, _mlp(features, action_spec.n, cfg.network.critic))
+    actor = QValueActor(net, action_space="categorical")
     objective = get_objective(cfg.algo.objective)(actor, action_space="categorical", **_loss_kwargs(cfg))
     greedy = lambda obs: actor.act(obs)  # noqa: E731
     return Agent(objective, greedy, greedy, build_exploration(cfg, action_spec))
 
 
-def c51_agent(cfg: DictConfig, obs_dim: int, action_spec: Categorical) -> Agent:
-    """C51: a distributional Q-value actor on ``algo.support``, epsilon-greedy during collection."""
+def c51_agent(cfg: DictConfig, obs_spec: Bounded, action_spec: Categorical) -> Agent:
+    """C51: a distributional Q-value actor on ``algo.support`` (on the encoder, for images),
+    epsilon-greedy during collection."""
     support = cfg.algo.support
     if support.vmin >= support.vmax:
         raise ConfigError(f"algo.support needs vmin < vmax, got vmin={support.vmin}, vmax={support.vmax}")
     check_support_covers_returns(support.vmin, support.vmax, cfg.env.get("reward_range"), cfg.algo.gamma,
                                  where=f"C51 on {cfg.env.id}")
     atoms = torch.linspace(support.vmin, support.vmax, support.n_atoms)
-    actor = DistributionalQValueActor(_mlp(obs_dim, action_spec.n * support.n_atoms, cfg.network.critic),
-                                      support=atoms, action_space="categorical")
+    encoder, features = _encoder(cfg, obs_spec)
+    net = _encoded(encoder, _mlp(features, action_spec.n * support.n_atoms, cfg.network.critic))
+    actor = DistributionalQValueActor(net, support=atoms, action_space="categorical")
     objective = get_objective("c51")(actor, gamma=cfg.algo.gamma, **_loss_kwargs(cfg))
     greedy = lambda obs: actor.act(obs)  # noqa: E731
     return Agent(objective, greedy, greedy, build_exploration(cfg, action_spec))
@@ -182,13 +198,25 @@ def act_agent(cfg: DictConfig, obs_dim: int, action_spec: Bounded) -> Agent:
     return Agent(objective, policy, policy)
 
 
-def ppo_agent(cfg: DictConfig, obs_dim: int, action_spec) -> Agent:
-    """PPO: a TanhNormal (continuous) or categorical (discrete) actor and a state-value critic."""
-    if isinstance(action_spec, Categorical):
-        actor = build_categorical_actor(obs_dim, action_spec, cfg.network.actor)
+def ppo_agent(cfg: DictConfig, obs_spec: Bounded, action_spec) -> Agent:
+    """PPO: a TanhNormal (continuous) or categorical (discrete) actor and a state-value critic. On
+    images both heads sit on one encoder (CleanRL's Atari PPO), trained by one optimizer group."""
+    encoder, features = _encoder(cfg, obs_spec)
+    shared = not isinstance(encoder, nn.Identity)
+    if shared and not isinstance(action_spec, Categorical):
+        raise ConfigError(f"algo={cfg.algo.name} on image observations {list(obs_spec.shape)} needs a discrete "
+                          "action space (its categorical actor shares the encoder with the critic)")
+    if shared:
+        actor = CategoricalActor(EncodedHead(encoder, _mlp(features, action_spec.n, cfg.network.actor)),
+                                 in_keys=["observation"], spec=action_spec)
+        critic = ValueOperator(EncodedHead(encoder, _mlp(features, 1, cfg.network.critic)), in_keys=["observation"])
+    elif isinstance(action_spec, Categorical):
+        actor = build_categorical_actor(features, action_spec, cfg.network.actor)
+        critic = build_state_value(features, cfg.network.critic)
     else:
-        actor = build_stochastic_actor(obs_dim, action_spec, cfg.network.actor)
-    objective = get_objective("ppo")(actor, build_state_value(obs_dim, cfg.network.critic), **_loss_kwargs(cfg))
+        actor = build_stochastic_actor(features, action_spec, cfg.network.actor)
+        critic = build_state_value(features, cfg.network.critic)
+    objective = get_objective("ppo")(actor, critic, shared_encoder=shared, **_loss_kwargs(cfg))
     objective.make_value_estimator("gae", gamma=cfg.algo.gamma, lmbda=cfg.algo.gae_lambda)
     return Agent(objective, lambda obs: actor.act(obs, deterministic=False),
                  lambda obs: actor.act(obs, deterministic=True))
@@ -254,13 +282,16 @@ class AlgorithmRecord:
     ``actions``: ``continuous``, ``discrete`` or ``either``. ``source``: the source it always trains
     on (``rollout``, ``finetune``), or ``None`` to follow the run (``dataset`` with a dataset, else
     ``replay``). ``td0``: give it the generic TD(0) estimator with ``algo.gamma`` (C51 and PPO bring
-    their own). ``mc_return``: its batches carry each transition's Monte-Carlo return (Cal-QL)."""
+    their own). ``mc_return``: its batches carry each transition's Monte-Carlo return (Cal-QL).
+    ``images``: its builder takes the observation spec and puts a convolutional encoder under its
+    networks for image observations ``[C, H, W]``; the others take the flat observation size."""
 
     builder: Callable[..., Agent]
     actions: str
     source: str | None = None
     td0: bool = True
     mc_return: bool = False
+    images: bool = False
 
     def acts_on(self, action_spec) -> bool:
         if self.actions == "continuous":
@@ -276,23 +307,24 @@ ALGORITHMS: dict[str, AlgorithmRecord] = {
     "crossq": AlgorithmRecord(crossq_agent, "continuous"),
     "td3": AlgorithmRecord(deterministic_agent, "continuous"),
     "ddpg": AlgorithmRecord(ddpg_agent, "continuous"),
-    "dqn": AlgorithmRecord(qvalue_agent, "discrete"),
-    "c51": AlgorithmRecord(c51_agent, "discrete", td0=False),
+    "dqn": AlgorithmRecord(qvalue_agent, "discrete", images=True),
+    "c51": AlgorithmRecord(c51_agent, "discrete", td0=False, images=True),
     "iql": AlgorithmRecord(iql_agent, "continuous"),
     "cql": AlgorithmRecord(stochastic_agent, "continuous"),
     "cal_ql": AlgorithmRecord(stochastic_agent, "continuous", mc_return=True),
     "td3bc": AlgorithmRecord(deterministic_agent, "continuous"),
     "bc": AlgorithmRecord(bc_agent, "either"),
     "discrete_iql": AlgorithmRecord(discrete_iql_agent, "discrete"),
-    "discrete_cql": AlgorithmRecord(qvalue_agent, "discrete"),
+    "discrete_cql": AlgorithmRecord(qvalue_agent, "discrete", images=True),
     "diffusion_bc": AlgorithmRecord(diffusion_bc_agent, "continuous"),
     "act": AlgorithmRecord(act_agent, "continuous"),
-    "ppo": AlgorithmRecord(ppo_agent, "either", source="rollout", td0=False),
+    "ppo": AlgorithmRecord(ppo_agent, "either", source="rollout", td0=False, images=True),
     "dt": AlgorithmRecord(dt_agent, "continuous"),
     "online_dt": AlgorithmRecord(dt_agent, "continuous", source="finetune"),
 }
 CONTINUOUS_CHOICES = ", ".join(f"algo={n}" for n, r in ALGORITHMS.items() if r.actions != "discrete")
 DISCRETE_CHOICES = ", ".join(f"algo={n}" for n, r in ALGORITHMS.items() if r.actions != "continuous")
+IMAGE_CHOICES = ", ".join(f"algo={n}" for n, r in ALGORITHMS.items() if r.images)
 
 
 def algorithm_record(cfg: DictConfig) -> AlgorithmRecord:
@@ -324,9 +356,10 @@ def build_exploration(cfg: DictConfig, action_spec):
 def build_agent(cfg: DictConfig, obs_spec: Bounded, action_spec) -> Agent:
     record = algorithm_record(cfg)
     _check_loss_kwargs(cfg.algo.objective, cfg.algo.loss)
+    check_observation_space(cfg, obs_spec)
     check_action_space(cfg, action_spec)
     try:
-        agent = record.builder(cfg, obs_spec.dim, action_spec)
+        agent = record.builder(cfg, obs_spec if record.images else obs_spec.dim, action_spec)
     except (ValueError, TypeError) as err:  # the objective's own argument checks
         raise ConfigError(f"algo={cfg.algo.name}: {err}") from err
     if record.td0:
@@ -347,6 +380,15 @@ def check_action_space(cfg: DictConfig, action_spec) -> None:
     raise ConfigError(f"algo={cfg.algo.name} needs a discrete action space, but {where} has a continuous "
                       f"one. Pick discrete-action data or env (env=cartpole, env=acrobot, ...) or a continuous "
                       f"algorithm ({CONTINUOUS_CHOICES}).")
+
+
+def check_observation_space(cfg: DictConfig, obs_spec: Bounded) -> None:
+    """Image observations ``[C, H, W]`` only for the objectives whose builder puts an encoder under them."""
+    if len(obs_spec.shape) == 1 or algorithm_record(cfg).images:
+        return
+    where = f"dataset {cfg.dataset.id}" if cfg.dataset is not None else cfg.env.id
+    raise ConfigError(f"algo={cfg.algo.name} takes flat observation vectors, but {where} observes images of shape "
+                      f"{list(obs_spec.shape)}; the algorithms that take images are {IMAGE_CHOICES}")
 
 
 def _check_loss_kwargs(name: str, loss_cfg: DictConfig) -> None:

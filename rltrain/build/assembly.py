@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rltrain.build.agents import NormalizedPolicy, build_agent, dt_policies
 from rltrain.build.optim import build_groups, build_updater
-from rltrain.build.sources import Task, build_source, load_task, reward_labeler, source_kind
+from rltrain.build.sources import Task, build_source, check_frame_stack, load_task, reward_labeler, source_kind
 from rltrain.envs import check_env_id
 from rltrain.errors import ConfigError
 from rltrain.loggers import ConsoleProgress, CSVLogger, Loggers, TensorboardLogger, WandbLogger
@@ -59,6 +59,11 @@ def validate(cfg: DictConfig) -> str:
     for key in counts:
         if OmegaConf.select(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {OmegaConf.select(cfg, key)}")
+    if kind in ("replay", "offline_to_online"):
+        check_frame_stack(cfg)
+        n_step = cfg.algo.get("n_step", 1)
+        if not isinstance(n_step, int) or n_step < 1:
+            raise ConfigError(f"algo.n_step must be a whole number of steps >= 1 (1: one-step targets), got {n_step!r}")
     if kind == "offline_to_online" and cfg.source.offline_updates < 0:
         raise ConfigError(f"source.offline_updates must be >= 0, got {cfg.source.offline_updates}")
     if t.updates_per_step <= 0:

@@ -24,7 +24,7 @@ from rltrain.collect import Collector
 from rltrain.data.minari_data import OfflineData, TransitionSampler
 from rltrain.data.normalize import ObservationNormalizer
 from rltrain.data.replay import ReplayBuffer
-from rltrain.envs import env_specs, make_vector_env
+from rltrain.envs import env_specs, make_vector_env, vector_env_from_config
 from rltrain.errors import ConfigError
 from rltrain.modules import Bounded, Categorical, Discriminator
 from rltrain.objectives import LossModule, get_objective
@@ -92,15 +92,40 @@ class Task:
     data_env: object | None = None
 
 
-def _env_kwargs(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg.env.kwargs, resolve=True)
+def frame_stack(cfg: DictConfig) -> int:
+    """Frames per observation: ``env.atari.frame_stack`` for Atari, else 1."""
+    atari = cfg.env.get("atari")
+    return int(atari.frame_stack) if atari is not None else 1
+
+
+def check_frame_stack(cfg: DictConfig) -> None:
+    """The replay rebuilds a transition's two stacks from single frames: it must hold at least two."""
+    stack, size = frame_stack(cfg), int(cfg.trainer.buffer_size)
+    if stack < 1:
+        raise ConfigError(f"env.atari.frame_stack must be >= 1, got {stack}")
+    if size < 2 * stack + 1:
+        raise ConfigError(f"trainer.buffer_size={size} cannot serve env.atari.frame_stack={stack}: a transition's "
+                          f"observation and next observation are rebuilt from stored frames, which needs "
+                          f"trainer.buffer_size >= {2 * stack + 1}; raise it or lower env.atari.frame_stack")
+
+
+def env_score_refs(cfg: DictConfig) -> tuple[float, float] | None:
+    """(random, human) scores of ``env.id`` from ``env.reference_scores`` (Atari's human-normalized score)."""
+    refs = (cfg.env.get("reference_scores") or {}).get(cfg.env.id)
+    if refs is None:
+        return None
+    if len(refs) != 2 or float(refs[0]) == float(refs[1]):
+        raise ConfigError(f"env.reference_scores[{cfg.env.id}] must be two different scores [random, human], "
+                          f"got {list(refs)}")
+    return float(refs[0]), float(refs[1])
 
 
 def online_task(cfg: DictConfig) -> Task:
-    envs = make_vector_env(cfg.env.id, cfg.env.num_envs, cfg.env.max_episode_steps, **_env_kwargs(cfg))
-    eval_envs = make_vector_env(cfg.env.id, min(cfg.env.eval_num_envs, cfg.trainer.eval_episodes),
-                                cfg.env.max_episode_steps, **_env_kwargs(cfg))
-    return Task(eval_envs, *env_specs(envs), envs=envs)
+    """Training envs and evaluation envs (Atari: full games on the unclipped score) from ``env``."""
+    envs = vector_env_from_config(cfg.env, cfg.env.num_envs, training=True)
+    eval_envs = vector_env_from_config(cfg.env, min(cfg.env.eval_num_envs, cfg.trainer.eval_episodes),
+                                       training=False)
+    return Task(eval_envs, *env_specs(envs), envs=envs, score_refs=env_score_refs(cfg))
 
 
 def dataset_task(cfg: DictConfig, kind: str, device: torch.device) -> Task:
@@ -142,7 +167,8 @@ def replay_source(cfg: DictConfig, task: Task, agent: Agent, device: torch.devic
     """Collection with the agent's behaviour policy into a replay buffer."""
     t = cfg.trainer
     collector = Collector(task.envs, agent.behaviour, device, seed=cfg.seed, exploration=agent.exploration)
-    buffer = ReplayBuffer(int(t.buffer_size), device, seed=cfg.seed)
+    buffer = ReplayBuffer(int(t.buffer_size), device, seed=cfg.seed, frame_stack=frame_stack(cfg),
+                          n_step=int(cfg.algo.get("n_step", 1)), gamma=float(cfg.algo.gamma))
     schedule = replay_schedule(cfg, int(t.batch_size) if min_rows is None else min_rows)
     return ReplaySource(collector, buffer, schedule, batch_size=int(t.batch_size), total_env_steps=total_env_steps,
                         warmup_steps=int(t.warmup_steps), seed=cfg.seed, preprocess=preprocess)

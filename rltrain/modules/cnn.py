@@ -44,7 +44,26 @@ def _conv_output_size(body: nn.Module, shape: tuple[int, ...]) -> int:
         return int(body(torch.zeros(1, *shape)).shape[-1])
 
 
-class NatureCNN(nn.Sequential):
+class ImageEncoder(nn.Sequential):
+    """An encoder of images ``[*B, C, H, W]`` -> ``[*B, features]`` for any batch shape ``B`` (a
+    rollout's ``[T, N]`` included): the batch dimensions are flattened around the convolutions.
+
+    Convolutions run channels-last (NHWC: the input and the filters), which oneDNN and cuDNN run
+    faster than NCHW (about 1.35x for the Nature CNN's update on one CPU thread, see README); the
+    values are the same."""
+
+    def __init__(self, *modules: nn.Module):
+        super().__init__(*modules)
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[:-3]
+        images = x.reshape(-1, *x.shape[-3:]).contiguous(memory_format=torch.channels_last)
+        out = super().forward(images)
+        return out.reshape(*batch, out.shape[-1])
+
+
+class NatureCNN(ImageEncoder):
     """The DQN paper's encoder: ``[B, C, H, W]`` -> ``[B, 512]``."""
 
     def __init__(self, shape: tuple[int, int, int], scale: float = 255.0, features: int = 512):
@@ -59,7 +78,7 @@ class NatureCNN(nn.Sequential):
         self.out_features = features
 
 
-class MinAtarCNN(nn.Sequential):
+class MinAtarCNN(ImageEncoder):
     """MinAtar's encoder: ``[B, C, 10, 10]`` -> ``[B, 128]``."""
 
     def __init__(self, shape: tuple[int, int, int], scale: float = 1.0, features: int = 128):
@@ -79,7 +98,7 @@ class _Residual(nn.Module):
         return x + self.block(x)
 
 
-class ImpalaCNN(nn.Sequential):
+class ImpalaCNN(ImageEncoder):
     """IMPALA's residual encoder: ``[B, C, H, W]`` -> ``[B, 256]``."""
 
     def __init__(self, shape: tuple[int, int, int], scale: float = 255.0, features: int = 256,
