@@ -139,7 +139,7 @@ def test_snapshot_and_best_checkpoints(trained):
 def test_train_rejects_a_bad_override_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="trainer.no_such_key"):
         rltrain.train(["trainer.no_such_key=1"], run_dir=tmp_path / "run")
-    with pytest.raises(ConfigError, match="trainer.batch_size must be >= 1"):
+    with pytest.raises(ConfigError, match="trainer.batch_size must be an integer >= 1"):
         rltrain.train([*TINY, "trainer.batch_size=0"], run_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "config.yaml").exists()
 

@@ -125,9 +125,12 @@ def video_recorder(cfg: DictConfig, task, run_dir: Path) -> VideoRecorder | None
     """``trainer.video_every > 0``: episodes of the evaluation env rendered to ``<run dir>/videos/``."""
     if cfg.trainer.video_every <= 0:
         return None
-    env = task.data_env if task.data_env is not None else cfg.env.id
-    kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True) if task.data_env is None else {}
-    return VideoRecorder(env, Path(run_dir) / "videos", cfg.env.max_episode_steps, **kwargs)
+    if task.data_env is not None:
+        return VideoRecorder(task.data_env, Path(run_dir) / "videos", cfg.env.max_episode_steps)
+    kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True)
+    # the evaluation pipeline (Atari preprocessing without the training-only wrappers), rendered
+    return VideoRecorder(cfg.env.id, Path(run_dir) / "videos", cfg.env.max_episode_steps, atari=cfg.env.get("atari"),
+                         training=False, **kwargs)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None = None,
