@@ -269,13 +269,11 @@ def _training_step(cfg: DictConfig, state: dict) -> int:
 
 
 def _normalizer(state: dict, obs_dim: int):
-    from rltrain.data.normalize import ObservationNormalizer
+    from rltrain.data.normalize import normalizer_from_state
 
     if state.get("normalizer") is None:
         return None
-    normalizer = ObservationNormalizer.identity(obs_dim)
-    normalizer.load_state_dict(state["normalizer"])
-    return normalizer
+    return normalizer_from_state(state["normalizer"])
 
 
 def _policies(cfg: DictConfig, state: dict, task: EvalTask, obs_spec, action_spec):

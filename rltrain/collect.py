@@ -40,13 +40,19 @@ class Collector:
         seed: seeds the warm-up random actions and the first reset.
         exploration: optional strategy applied to the policy's action (``explore(action, env_step)``,
             ``reset(mask)`` for envs that start a new episode), see :mod:`rltrain.exploration`.
+        normalizer: optional :class:`~rltrain.data.normalize.RunningObservationNormalizer`: every
+            observation a step returns first updates its statistics, then every observation (reset
+            ones included) is normalized before the policy and the transitions see it. Reset
+            observations do not update the statistics, so envs restarted at a checkpoint (and on
+            resume) leave them as they were.
     """
 
     def __init__(self, envs: gym.vector.VectorEnv, policy: Callable[[torch.Tensor], torch.Tensor],
-                 device: torch.device, seed: int, exploration=None):
+                 device: torch.device, seed: int, exploration=None, normalizer=None):
         self.envs = envs
         self.policy = policy
         self.exploration = exploration
+        self.normalizer = normalizer
         self.device = device
         self.num_envs = envs.num_envs
         space = envs.single_action_space
@@ -58,12 +64,19 @@ class Collector:
 
     def reset(self, seed: int) -> None:
         """Start fresh episodes in every env (seeded ``seed, seed+1, ...``)."""
-        self._obs, _ = self.envs.reset(seed=seed)
+        obs, _ = self.envs.reset(seed=seed)
+        self._obs = self._normalized(obs)
         self._autoresetting = np.zeros(self.num_envs, dtype=bool)
         self._episode_return = np.zeros(self.num_envs)
         self._episode_length = np.zeros(self.num_envs, dtype=np.int64)
         if self.exploration is not None:
             self.exploration.reset(np.ones(self.num_envs, dtype=bool))
+
+    @torch.no_grad()
+    def _normalized(self, obs: np.ndarray) -> np.ndarray:
+        if self.normalizer is None:
+            return obs
+        return self.normalizer(torch.as_tensor(obs, dtype=torch.float32, device=self.normalizer.mean.device)).cpu().numpy()
 
     def _random_actions(self) -> np.ndarray:
         if self._discrete:
@@ -88,6 +101,9 @@ class Collector:
         """
         actions = self._random_actions() if random else self._policy_actions(env_step)
         next_obs, reward, terminated, truncated, _ = self.envs.step(actions)
+        if self.normalizer is not None:
+            self.normalizer.update(torch.as_tensor(next_obs, dtype=torch.float32, device=self.normalizer.mean.device))
+        next_obs = self._normalized(next_obs)
         valid = ~self._autoresetting
         self._record_episodes(reward, terminated | truncated, valid)
         transitions = self._transitions(self._obs, actions, next_obs, reward, terminated, truncated, valid)

@@ -121,6 +121,11 @@ def env_specs(env: gym.Env | gym.vector.VectorEnv) -> tuple[Bounded, Bounded | C
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) not in (1, 3):
         raise ConfigError(f"rltrain's networks need a flat Box observation space (MLP) or an image Box [C, H, W] "
                           f"(convolutional encoder), got {obs_space}")
+    if not isinstance(act_space, gym.spaces.Box | gym.spaces.Discrete):
+        name = env.spec.id if env.spec is not None else type(env).__name__
+        raise ConfigError(f"env.id={name} has a {type(act_space).__name__} action space ({act_space}); rltrain's "
+                          "objectives act in a Box (continuous) or a Discrete space. Wrap the env to flatten its "
+                          "actions into one of those (e.g. a Discrete space over the combinations).")
     return spec_from_space(obs_space), spec_from_space(act_space)
 
 

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_module
 import rltrain
 from rltrain.build import build_trainer
 from rltrain.checkpoint import load
+from rltrain.envs import derive_seed
 
 RUN = ["device=cpu", "logger.progress=false", "network.actor.num_cells=[16,16]", "network.critic.num_cells=[16,16]",
        "trainer.total_env_steps=600", "trainer.warmup_steps=100", "trainer.learning_starts=100",
@@ -52,3 +53,29 @@ def test_video_every_records_evaluation_episodes(tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["env_step"]) for r in rows] == [300, 600] and all(float(r["video_return"]) < 0 for r in rows)
     assert json.loads((tmp_path / "summary.json").read_text())["env_steps"] == 600
+
+
+def test_running_normalizer_merges_batches_like_one_pass():
+    from rltrain.data.normalize import RunningObservationNormalizer, normalizer_from_state
+
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.randn(n, 3, generator=g) * 5 + 2 for n in (7, 1, 40)]
+    normalizer = RunningObservationNormalizer(3)
+    for part in parts:
+        normalizer.update(part)
+    whole = torch.cat(parts).double()
+    torch.testing.assert_close(normalizer.mean.double(), whole.mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(normalizer.var, whole.var(0, correction=0), atol=1e-4, rtol=1e-4)
+    assert normalizer(torch.full((1, 3), 1e6)).max() == 10.0  # clipped as VecNormalize clips
+    loaded = normalizer_from_state(normalizer.state_dict())
+    assert isinstance(loaded, RunningObservationNormalizer) and torch.equal(loaded.std, normalizer.std)
+
+
+def test_online_observation_normalization_is_kept_and_applied_by_loaded_agents(tmp_path):
+    summary = rltrain.train([*RUN, "algo=ppo", "algo.steps_per_env=200", "trainer.batch_size=50",
+                             "env.normalize_observations=true"], run_dir=tmp_path)
+    saved = load(tmp_path / "checkpoints" / "last.pt")["normalizer"]
+    assert saved["count"] >= summary["env_steps"] and (saved["std"] != 1).all()  # every observation stepped to
+    agent = rltrain.load_agent(tmp_path)  # the statistics are folded into its policy
+    result = rltrain.evaluate(agent, episodes=2, seed=derive_seed(3, agent.step, 2))
+    assert result["return_mean"] == summary["final_eval_return"]

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from rltrain.data.minari_data import OfflineData
-from rltrain.data.normalize import ObservationNormalizer
+from rltrain.data.normalize import normalizer_from_state
 from rltrain.errors import ConfigError
 from rltrain.exploration import EpsilonGreedy, GaussianNoise, OrnsteinUhlenbeckNoise
 from rltrain.modules import (
@@ -408,6 +408,4 @@ def load_policy(cfg: DictConfig, state: dict, obs_spec: Bounded, action_spec, mo
     policy = agent.greedy if mode == "greedy" else agent.behaviour
     if state.get("normalizer") is None:
         return policy
-    normalizer = ObservationNormalizer.identity(obs_spec.dim)
-    normalizer.load_state_dict(state["normalizer"])
-    return NormalizedPolicy(policy, normalizer)
+    return NormalizedPolicy(policy, normalizer_from_state(state["normalizer"]))

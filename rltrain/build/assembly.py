@@ -151,10 +151,11 @@ def build_run(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None = None,
     if task.normalizer is not None and agent.behaviour is not None:
         agent.behaviour = NormalizedPolicy(agent.behaviour, task.normalizer)
     source = build_source(cfg, kind, task, agent, device)
+    normalizer = task.normalizer or task.running_normalizer  # what evaluation and checkpoints carry
     if task.dt_targets is not None:
         eval_policy = dt_policies(cfg, agent.objective, task.dt_targets, task.normalizer)
-    elif task.normalizer is not None:
-        eval_policy = NormalizedPolicy(agent.greedy, task.normalizer)
+    elif normalizer is not None:
+        eval_policy = NormalizedPolicy(agent.greedy, normalizer)
     else:
         eval_policy = agent.greedy
     trainer = Trainer(
@@ -162,6 +163,6 @@ def build_run(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None = None,
         eval_envs=task.eval_envs, eval_policy=eval_policy,
         loggers=build_loggers(cfg, run_dir, wandb_run_id, initial_step, source.clock, source.total),
         run_dir=run_dir, config=trainer_config(cfg), device=device, score_refs=task.score_refs,
-        normalizer=task.normalizer, reward_labeler=reward_labeler(cfg, kind, task, device),
+        normalizer=normalizer, reward_labeler=reward_labeler(cfg, kind, task, device),
         video=video_recorder(cfg, task, run_dir))
     return trainer, resolved_config(cfg, task)

@@ -22,7 +22,7 @@ from rltrain.build.data import (
 from rltrain.build.optim import make_adam
 from rltrain.collect import Collector
 from rltrain.data.minari_data import OfflineData, TransitionSampler
-from rltrain.data.normalize import ObservationNormalizer
+from rltrain.data.normalize import ObservationNormalizer, RunningObservationNormalizer
 from rltrain.data.replay import ReplayBuffer
 from rltrain.envs import env_specs, make_vector_env, vector_env_from_config
 from rltrain.errors import ConfigError
@@ -85,7 +85,8 @@ class Task:
     action_spec: Bounded | Categorical
     envs: object | None = None
     data: OfflineData | None = None
-    normalizer: ObservationNormalizer | None = None
+    normalizer: ObservationNormalizer | None = None               # a dataset's fixed statistics
+    running_normalizer: RunningObservationNormalizer | None = None  # env.normalize_observations
     reward: RewardAffine | None = None
     score_refs: tuple[float, float] | None = None
     dt_targets: list[float] | None = None
@@ -120,12 +121,20 @@ def env_score_refs(cfg: DictConfig) -> tuple[float, float] | None:
     return float(refs[0]), float(refs[1])
 
 
-def online_task(cfg: DictConfig) -> Task:
-    """Training envs and evaluation envs (Atari: full games on the unclipped score) from ``env``."""
+def online_task(cfg: DictConfig, device: torch.device) -> Task:
+    """Training envs and evaluation envs (Atari: full games on the unclipped score) from ``env``, and
+    with ``env.normalize_observations`` the running statistics the collector keeps."""
     envs = vector_env_from_config(cfg.env, cfg.env.num_envs, training=True)
     eval_envs = vector_env_from_config(cfg.env, min(cfg.env.eval_num_envs, cfg.trainer.eval_episodes),
                                        training=False)
-    return Task(eval_envs, *env_specs(envs), envs=envs, score_refs=env_score_refs(cfg))
+    obs_spec, action_spec = env_specs(envs)
+    running = None
+    if cfg.env.get("normalize_observations"):
+        if len(obs_spec.shape) == 3:
+            raise ConfigError(f"env.normalize_observations=true: {cfg.env.id} has image observations (scaled by "
+                              "the CNN encoder); running normalization is for state vectors")
+        running = RunningObservationNormalizer(obs_spec.dim).to(device)
+    return Task(eval_envs, obs_spec, action_spec, envs=envs, score_refs=env_score_refs(cfg), running_normalizer=running)
 
 
 def dataset_task(cfg: DictConfig, kind: str, device: torch.device) -> Task:
@@ -152,7 +161,7 @@ def dataset_task(cfg: DictConfig, kind: str, device: torch.device) -> Task:
 
 
 def load_task(cfg: DictConfig, kind: str, device: torch.device) -> Task:
-    return online_task(cfg) if cfg.dataset is None else dataset_task(cfg, kind, device)
+    return online_task(cfg, device) if cfg.dataset is None else dataset_task(cfg, kind, device)
 
 
 # ---- the sources ----------------------------------------------------------------------------------
@@ -166,7 +175,8 @@ def replay_source(cfg: DictConfig, task: Task, agent: Agent, device: torch.devic
                   preprocess=None, min_rows: int | None = None) -> ReplaySource:
     """Collection with the agent's behaviour policy into a replay buffer."""
     t = cfg.trainer
-    collector = Collector(task.envs, agent.behaviour, device, seed=cfg.seed, exploration=agent.exploration)
+    collector = Collector(task.envs, agent.behaviour, device, seed=cfg.seed, exploration=agent.exploration,
+                          normalizer=task.running_normalizer)
     buffer = ReplayBuffer(int(t.buffer_size), device, seed=cfg.seed, frame_stack=frame_stack(cfg),
                           n_step=int(cfg.algo.get("n_step", 1)), gamma=float(cfg.algo.gamma))
     schedule = replay_schedule(cfg, int(t.batch_size) if min_rows is None else min_rows)
@@ -202,7 +212,8 @@ def rollout_source(cfg: DictConfig, task: Task, objective: LossModule, device: t
         return RolloutSource(task.envs, objective.actor_network, objective.critic_network, objective,
                              steps_per_env=int(cfg.algo.steps_per_env), epochs=int(cfg.algo.epochs),
                              minibatch_size=int(cfg.trainer.batch_size), device=device, seed=cfg.seed,
-                             reward_model=reward_model, total_env_steps=int(cfg.trainer.total_env_steps))
+                             reward_model=reward_model, total_env_steps=int(cfg.trainer.total_env_steps),
+                             normalizer=task.running_normalizer)
     except ValueError as err:
         raise ConfigError(f"algo={cfg.algo.name}: {err}") from err
 

@@ -68,6 +68,54 @@ class ObservationNormalizer(nn.Module):
         return (obs - self.mean) / self.std
 
 
+class RunningObservationNormalizer(ObservationNormalizer):
+    """Online observation normalization (``env.normalize_observations``, SB3's VecNormalize and
+    CleanRL's ``NormalizeObservation``): running mean and variance of every observation the
+    training envs return, ``clip((obs - mean) / sqrt(var + eps), -clip, clip)``.
+
+    The collector updates the statistics with each step's observations, then normalizes them; the
+    evaluation policy and loaded agents apply the current statistics without updating them. The
+    statistics (``mean``, ``std``, ``var``, ``count``) are buffers, so checkpoints and policy
+    snapshots keep them.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-8, clip: float = 10.0):
+        super().__init__(torch.zeros(dim), torch.ones(dim))
+        self.eps, self.clip = float(eps), float(clip)
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))  # as gymnasium's RunningMeanStd
+
+    @torch.no_grad()
+    def update(self, observations: torch.Tensor) -> None:
+        """Merge the statistics of ``observations [n, obs]`` (Chan et al.'s parallel update)."""
+        batch = observations.to(torch.float64).reshape(-1, self.mean.shape[0])
+        n = batch.shape[0]
+        if n == 0:
+            return
+        batch_var, batch_mean = torch.var_mean(batch, dim=0, correction=0)
+        mean = self.mean.to(torch.float64)
+        total = self.count + n
+        delta = batch_mean - mean
+        new_mean = mean + delta * n / total
+        m2 = self.var * self.count + batch_var * n + delta.pow(2) * self.count * n / total
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+        self.mean.copy_(new_mean.to(torch.float32))
+        self.std.copy_((self.var + self.eps).sqrt().to(torch.float32))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return super().forward(obs).clamp(-self.clip, self.clip)
+
+
+def normalizer_from_state(state: dict) -> ObservationNormalizer:
+    """The normalizer a checkpoint or snapshot holds: running statistics (they carry a ``count``)
+    or fixed dataset statistics."""
+    dim = state["mean"].shape[0]
+    normalizer = RunningObservationNormalizer(dim) if "count" in state else ObservationNormalizer.identity(dim)
+    normalizer.load_state_dict(state)
+    return normalizer
+
+
 @torch.no_grad()
 def normalize_in_place(data: OfflineData, normalizer: ObservationNormalizer) -> OfflineData:
     """Normalize ``data.observations`` in place (no second copy). Apply it once only."""

@@ -49,6 +49,7 @@ class RolloutSource:
         reward_model: e.g. a :class:`~rltrain.onpolicy.GAILRewardModel`: trained on each rollout, then its
             rewards replace the environment's (kept at ``("next", "env_reward")``).
         total_env_steps: the budget.
+        normalizer: online observation normalization for the collector (``env.normalize_observations``).
 
     ``updates_per_rollout = epochs * (M // minibatch_size)``, ``M`` the rollout's valid rows (``T * N``
     less the auto-reset cells; ``T * N`` before the first rollout). Each epoch is a fresh permutation
@@ -61,7 +62,8 @@ class RolloutSource:
 
     def __init__(self, envs: gym.vector.VectorEnv, actor: nn.Module, critic: nn.Module, objective: PPOLoss, *,
                  steps_per_env: int, epochs: int, minibatch_size: int, device: torch.device | str = "cpu",
-                 seed: int = 0, reward_model: GAILRewardModel | None = None, total_env_steps: int = 0):
+                 seed: int = 0, reward_model: GAILRewardModel | None = None, total_env_steps: int = 0,
+                 normalizer=None):
         next_step = gym.vector.AutoresetMode.NEXT_STEP
         if envs.metadata.get("autoreset_mode", next_step) != next_step:
             raise ValueError("RolloutSource needs a vector env in NEXT_STEP autoreset mode; build it with "
@@ -97,7 +99,7 @@ class RolloutSource:
         self._order = torch.empty(0, dtype=torch.long)
         self._cursor = 0
         self._step_record: tuple[torch.Tensor, ...] | None = None
-        self.collector = Collector(envs, self._act, self.device, seed)
+        self.collector = Collector(envs, self._act, self.device, seed, normalizer=normalizer)
         self._valid = torch.ones(self.num_envs, dtype=torch.bool)
 
     # ---- acting -------------------------------------------------------------------------------------
