@@ -26,6 +26,7 @@ import gymnasium as gym
 from gymnasium.envs.registration import load_env_creator
 from omegaconf import DictConfig, OmegaConf
 
+from rltrain import presets
 from rltrain.errors import ConfigError
 
 CONFIG_DIR = Path(str(importlib.resources.files("rltrain.configs")))
@@ -357,6 +358,8 @@ def check_group_choice(override: str) -> None:
     for choice in value.split(","):  # a multirun lists several
         choice = choice.strip().strip("'\"")
         if choice in ("", "null") or not re.fullmatch(r"[\w./-]+", choice) or choice in options:
+            continue
+        if group == "hparams" and choice == presets.OFF:  # an optional group: "none" selects no preset
             continue
         close = difflib.get_close_matches(choice, options, n=3, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""

@@ -97,6 +97,9 @@ class ReplaySource:
         self.seed = seed
         self.preprocess = preprocess
         self.env_steps = 0
+        # Episodes start as after a checkpoint at env step 0, so a run resumed before its first env
+        # step (an offline-to-online run checkpointed in its offline phase) starts the same episodes.
+        self.reset(derive_seed(seed, 0, RESTART_SEEDS))
 
     def position(self, updates: int) -> int:
         return self.env_steps
