@@ -31,6 +31,17 @@ LEARNING_RUNS = {
 }
 
 
+class LinearQNet(torch.nn.Module):
+    """A reference-page style critic: a plain module ``Q(obs, act)`` (no rltrain MLP to stack)."""
+
+    def __init__(self, obs_dim: int, act_dim: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(obs_dim + act_dim, 1)
+
+    def forward(self, obs, act):
+        return self.linear(torch.cat([obs, act], -1))
+
+
 def make_actor(obs_dim: int, act_dim: int, hidden=(16,), low=-1.0, high=1.0) -> ProbabilisticActor:
     spec = Bounded(torch.full((act_dim,), low), torch.full((act_dim,), high))
     net = torch.nn.Sequential(MLP(obs_dim, 2 * act_dim, hidden, "relu"), NormalParamExtractor())

@@ -29,7 +29,7 @@ from rltrain.objectives.dqn import check_support_covers_returns
 from rltrain.objectives.value_estimators import (
     generalized_advantage_estimate, td0_return, td1_return, td_lambda_return,
 )
-from tests.helpers import make_actor, make_batch, make_qvalue, make_value
+from tests.helpers import LinearQNet, make_actor, make_batch, make_qvalue, make_value
 
 OBS, ACT, B = 3, 2, 8
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -113,13 +113,8 @@ def test_normal_param_extractor_default_is_the_reference_biased_softplus():
 
 
 # ---- 5 (and the SAC example). SafeModule, imports, updaters --------------------------------------------------
-class QNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(OBS + ACT, 1)
-
-    def forward(self, obs, act):
-        return self.linear(torch.cat([obs, act], -1))
+def QNet() -> LinearQNet:  # noqa: N802 (the reference page's name)
+    return LinearQNet(OBS, ACT)
 
 
 def reference_sac_actor() -> ProbabilisticActor:

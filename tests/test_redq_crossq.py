@@ -17,7 +17,7 @@ from rltrain.objectives.crossq import CrossQLoss
 from rltrain.objectives.redq import REDQLoss
 from rltrain.updaters import SoftUpdate
 from tests.helpers import (
-    check_isolation, check_reductions, check_sum_trains_everything, make_actor, make_batch, make_qvalue,
+    LinearQNet, check_isolation, check_reductions, check_sum_trains_everything, make_actor, make_batch, make_qvalue,
     tanh_normal_by_hand, unpack_transition,
 )
 
@@ -326,19 +326,11 @@ def test_redq_draws_a_fresh_subset_each_call_and_evaluates_only_it():
 
 
 def test_redq_any_critic_module_with_or_without_vmap():
-    class QNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.linear = nn.Linear(OBS + ACT, 1)
-
-        def forward(self, obs, act):
-            return self.linear(torch.cat([obs, act], -1))
-
     batch = make_batch(B, OBS, ACT)
     outs = []
     for deactivate_vmap in (False, True):
         torch.manual_seed(0)
-        loss = REDQLoss(make_actor(OBS, ACT), ValueOperator(QNet(), in_keys=["observation", "action"]),
+        loss = REDQLoss(make_actor(OBS, ACT), ValueOperator(LinearQNet(OBS, ACT), in_keys=["observation", "action"]),
                         num_qvalue_nets=3, deactivate_vmap=deactivate_vmap)
         torch.manual_seed(1)
         outs.append(loss(batch.clone()))
