@@ -97,9 +97,6 @@ class ReplaySource:
         self.seed = seed
         self.preprocess = preprocess
         self.env_steps = 0
-        # Episodes start as after a checkpoint at env step 0, so a run resumed before its first env
-        # step (an offline-to-online run checkpointed in its offline phase) starts the same episodes.
-        self.reset(derive_seed(seed, 0, RESTART_SEEDS))
 
     def position(self, updates: int) -> int:
         return self.env_steps
@@ -149,4 +146,6 @@ class ReplaySource:
         self.buffer.load_state_dict(state["buffer"])
         self.env_steps, self.schedule.owed = int(state["env_steps"]), float(state["owed"])
         self.collector.rng.bit_generator.state = state["collector_rng"]
-        self.reset(derive_seed(self.seed, self.env_steps, RESTART_SEEDS))
+        # Before the first env step (an offline-to-online run checkpointed in its offline phase) the
+        # envs start as the collector first started them; after it, as at the checkpoint.
+        self.reset(self.seed if self.env_steps == 0 else derive_seed(self.seed, self.env_steps, RESTART_SEEDS))
