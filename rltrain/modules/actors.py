@@ -14,13 +14,8 @@ from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import (
-    InteractionType,
-    TensorDictModule,
-    TensorDictModuleBase,
-    composite_lp_aggregate,
-    interaction_type,
-)
+from tensordict.nn import InteractionType, TensorDictModule, TensorDictModuleBase, composite_lp_aggregate
+from tensordict.nn.probabilistic import interaction_type  # tensordict.nn re-exports it only from 0.15.2
 from torch import nn
 
 from rltrain.modules.distributions import TanhNormal

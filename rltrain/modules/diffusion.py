@@ -37,7 +37,8 @@ from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import InteractionType, TensorDictModuleBase, interaction_type
+from tensordict.nn import InteractionType, TensorDictModuleBase
+from tensordict.nn.probabilistic import interaction_type  # tensordict.nn re-exports it only from 0.15.2
 from torch import nn
 
 from rltrain.modules.mlp import MLP

@@ -31,7 +31,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from tensordict import TensorDictBase
-from tensordict.nn import InteractionType, TensorDictModuleBase, interaction_type
+from tensordict.nn import InteractionType, TensorDictModuleBase
+from tensordict.nn.probabilistic import interaction_type  # tensordict.nn re-exports it only from 0.15.2
 from torch import nn
 
 from rltrain.modules.distributions import ScaledTanh, TanhNormal
