@@ -24,10 +24,10 @@ SMALL_NETS = ["network.actor.num_cells=[32,32]", "network.critic.num_cells=[32,3
 LEARNING_NETS = ["network.actor.num_cells=[64,64]", "network.critic.num_cells=[64,64]", "logger.progress=false",
                  "trainer.eval_episodes=10"]
 LEARNING_RUNS = {
-    "sac_pendulum": [*LEARNING_NETS, "hparams=none", "trainer.total_env_steps=15000", "trainer.eval_every=1000",
+    "sac_pendulum": [*LEARNING_NETS, "hparams=none", "trainer.total_env_steps=15000", "trainer.eval_every=500",
                      "trainer.policy_snapshots=true"],
     "dqn_cartpole": ["experiment=dqn_cartpole", "algo.loss.double_dqn=true", "logger.progress=false",
-                     "trainer.total_env_steps=40000", "trainer.eval_every=5000", "trainer.policy_snapshots=true"],
+                     "trainer.total_env_steps=40000", "trainer.eval_every=2500", "trainer.policy_snapshots=true"],
 }
 
 

@@ -3,6 +3,7 @@ each (algo, dataset) cell runs with its CORL per-dataset preset."""
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 
 import pytest
@@ -15,7 +16,7 @@ from omegaconf import OmegaConf
 
 import rltrain.__main__  # noqa: F401  (registers the run-directory resolvers)
 
-CORL_PRESETS = os.path.join(os.path.dirname(rltrain.__main__.__file__), "configs", "experiment", "corl")
+CORL_PRESETS = str(importlib.resources.files("rltrain.configs") / "experiment" / "corl")  # a checkout or a wheel
 ALGOS, ENVS, QUALITIES = ("iql", "cql", "td3bc", "bc"), ("halfcheetah", "hopper", "walker2d"), ("medium", "medium_expert")
 
 

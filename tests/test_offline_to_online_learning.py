@@ -6,7 +6,7 @@ seed 0, 64x64 networks:
   4k env steps end the online phase at a normalized score at least 10 points above their last
   offline evaluation.
 - RLPD's first evaluation at a return >= -250 comes no later, in env steps, than SAC's from scratch
-  (the shared run: same seed, networks, warm-up and evaluation schedule). RLPD runs at 2 updates per
+  (the shared run: same seed, networks, warm-up and evaluation schedule, every 500 env steps). RLPD runs at 2 updates per
   env step here instead of its 20, to fit the suite's budget.
 
 Cal-QL uses the penalty settings of the offline CQL check (weight 1, 4 sampled actions, actor lr
@@ -58,7 +58,8 @@ def first_step_reaching(rows: list[dict], threshold: float) -> float:
 
 def test_rlpd_reaches_a_good_return_no_later_than_sac_from_scratch(tmp_path, medium_datasets, learning_run):
     run_cli([*O2O, f"dataset.id={medium_datasets['pendulum']}", "algo=rlpd", "source.online_env_steps=4000",
-             "trainer.updates_per_step=2", "trainer.warmup_steps=1000", "trainer.learning_starts=1000"],
+             "trainer.eval_every=500", "trainer.updates_per_step=2", "trainer.warmup_steps=1000",
+             "trainer.learning_starts=1000"],
             tmp_path, timeout=900)
     rlpd = eval_rows(only_run_dir(tmp_path))
     sac = eval_rows(learning_run("sac_pendulum", 0))
