@@ -120,8 +120,12 @@ def score_refs(cfg: DictConfig, data: OfflineData) -> tuple[float, float] | None
 
 def transition_sampler(cfg: DictConfig, data: OfflineData, device: torch.device) -> TransitionSampler:
     """Flat transitions, with each one's Monte-Carlo return for the objectives that read it (Cal-QL)."""
-    gamma = float(cfg.algo.gamma) if algorithm_record(cfg).mc_return else None
-    return TransitionSampler(data, device, seed=cfg.seed, mc_return_gamma=gamma)
+    return TransitionSampler(data, device, seed=cfg.seed, mc_return_gamma=mc_return_gamma(cfg))
+
+
+def mc_return_gamma(cfg: DictConfig) -> float | None:
+    """The discount of the Monte-Carlo returns the objective reads (Cal-QL), or None if it reads none."""
+    return float(cfg.algo.gamma) if algorithm_record(cfg).mc_return else None
 
 
 def dataset_sampler(cfg: DictConfig, data: OfflineData, device: torch.device):

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from rltrain.build.agents import Agent, algorithm_record, check_action_space, dt_policy, dt_target_returns
 from rltrain.build.data import (
     RewardAffine, check_sequence_source, data_env, dataset_sampler, load_offline_data, make_offline_eval_envs,
-    prepare_offline_data, score_refs, transition_sampler,
+    mc_return_gamma, prepare_offline_data, score_refs, transition_sampler,
 )
 from rltrain.build.optim import make_adam
 from rltrain.collect import Collector
@@ -32,7 +32,7 @@ from rltrain.onpolicy import GAILRewardModel, RewardLabeler
 from rltrain.sources import (
     DatasetSource, FinetuneSource, OfflineToOnlineSource, ReplaySchedule, ReplaySource, RolloutSource, Source,
 )
-from rltrain.sources.offline_to_online import OnlineTransform
+from rltrain.sources.offline_to_online import OnlineTransform, online_rows
 
 SOURCE_KINDS = ("replay", "dataset", "rollout", "finetune", "offline_to_online")
 NEEDS_DATASET = ("dataset", "finetune", "offline_to_online")
@@ -240,12 +240,11 @@ def offline_to_online_source(cfg: DictConfig, task: Task, agent: Agent, device: 
     s, t = cfg.source, cfg.trainer
     batch_size = int(t.batch_size)
     mix = None if s.mix is None else float(s.mix)
-    gamma = float(cfg.algo.gamma) if algorithm_record(cfg).mc_return else None
     dataset = transition_sampler(cfg, task.data, device)
-    online_rows = batch_size if mix is None else batch_size - round(mix * batch_size)
     online = replay_source(cfg, task, agent, device, total_env_steps=int(s.online_env_steps),
-                           min_rows=max(1, online_rows),
-                           preprocess=OnlineTransform(task.normalizer, task.reward, gamma, task.envs.num_envs))
+                           min_rows=max(1, online_rows(batch_size, mix)),
+                           preprocess=OnlineTransform(task.normalizer, task.reward, mc_return_gamma(cfg),
+                                                      task.envs.num_envs))
     return OfflineToOnlineSource(dataset, online, offline_updates=int(s.offline_updates), mix=mix,
                                  batch_size=batch_size)
 

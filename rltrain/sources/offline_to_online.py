@@ -83,6 +83,12 @@ class OnlineTransform:
         return torch.cat(finished)
 
 
+def online_rows(batch_size: int, mix: float | None) -> int:
+    """Rows of each online-phase batch drawn from the online buffer (all of them with ``mix=None``,
+    where that buffer also holds the dataset)."""
+    return batch_size if mix is None else batch_size - round(mix * batch_size)
+
+
 class OfflineToOnlineSource:
     """Offline updates on ``dataset``, then online fine-tuning with ``online`` (see the module docstring).
 
@@ -106,7 +112,7 @@ class OfflineToOnlineSource:
         self.offline_updates = int(offline_updates)
         self.mix = mix
         self.batch_size = int(batch_size)
-        self.dataset_rows = batch_size if mix is None else round(mix * batch_size)
+        self.dataset_rows = batch_size - online_rows(batch_size, mix)
         self.total = self.offline_updates + online.total
         if mix is None:
             self._copy_dataset_into_replay()
