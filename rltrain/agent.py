@@ -194,7 +194,7 @@ class Agent:
         return int(np.prod(self.observation_space.shape))
 
     @property
-    def _obs_dtype(self) -> torch.dtype:
+    def obs_dtype(self) -> torch.dtype:
         """uint8 frames stay uint8 (the encoder scales them), as in training; anything else is float32."""
         return torch.uint8 if self.observation_space.dtype == np.uint8 else torch.float32
 
@@ -233,7 +233,7 @@ class Agent:
             raise ValueError(f"act expects observations of shape [{dims}] or [n, {dims}] "
                              f"(the run's {self.task.env_id}), got {tuple(observation.shape)}")
         self._prepare(obs.shape[0])
-        action = self._policies[bool(deterministic)](obs.to("cpu", self._obs_dtype))
+        action = self._policies[bool(deterministic)](obs.to("cpu", self.obs_dtype))
         self._awaiting_reward = self.needs_rewards
         if single:
             action = action[0]

@@ -7,10 +7,18 @@ so no transition spans an episode boundary. Terminated and truncated stay separa
 
 Observations keep their kind: uint8 frames stay uint8 (the encoder scales them on the training
 device), everything else becomes float32 (see :func:`observation_tensor`).
+
+The collector's state (:meth:`Collector.state_dict`) is the seed its envs last restarted from and
+every action sent to them since. Gymnasium envs are deterministic given their reset seed and their
+actions, so :meth:`Collector.load_state_dict` rebuilds episodes in flight by replaying those actions
+(simulator states, MuJoCo's included, cannot be pickled): a run stopped between checkpoints resumes
+exactly where it stopped. It checks the rebuilt observations against the saved ones and, for an env
+that does not reproduce them, starts fresh episodes instead and warns.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import gymnasium as gym
@@ -65,6 +73,9 @@ class Collector:
     def reset(self, seed: int) -> None:
         """Start fresh episodes in every env (seeded ``seed, seed+1, ...``)."""
         obs, _ = self.envs.reset(seed=seed)
+        self._restart_seed = seed
+        self._actions_sent: list[np.ndarray] = []
+        self._raw_obs = obs
         self._obs = self._normalized(obs)
         self._autoresetting = np.zeros(self.num_envs, dtype=bool)
         self._episode_return = np.zeros(self.num_envs)
@@ -101,6 +112,8 @@ class Collector:
         """
         actions = self._random_actions() if random else self._policy_actions(env_step)
         next_obs, reward, terminated, truncated, _ = self.envs.step(actions)
+        self._actions_sent.append(actions)
+        self._raw_obs = next_obs
         if self.normalizer is not None:
             self.normalizer.update(torch.as_tensor(next_obs, dtype=torch.float32, device=self.normalizer.mean.device))
         next_obs = self._normalized(next_obs)
@@ -145,3 +158,51 @@ class Collector:
         """``(return, length)`` of the episodes finished since the last call."""
         finished, self.finished_episodes = self.finished_episodes, []
         return finished
+
+    @property
+    def autoresetting(self) -> np.ndarray:
+        """Which envs ended their episode on the last step (their next step only resets them)."""
+        return self._autoresetting
+
+    # ---- state --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The episodes in flight, as the seed of the last restart and the actions sent since (see the
+        module docstring), with the running returns, the unreported finished episodes, the warm-up
+        generator and the exploration state."""
+        return {
+            "restart_seed": self._restart_seed,
+            "actions": np.stack(self._actions_sent) if self._actions_sent else None,
+            "raw_observation": np.array(self._raw_obs, copy=True),
+            "observation": np.array(self._obs, copy=True),
+            "autoresetting": self._autoresetting.copy(),
+            "episode_return": self._episode_return.copy(),
+            "episode_length": self._episode_length.copy(),
+            "finished_episodes": list(self.finished_episodes),
+            "rng": self.rng.bit_generator.state,
+            "exploration": None if self.exploration is None else self.exploration.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict, fallback_seed: int) -> bool:
+        """Rebuild the episodes in flight by replaying the saved actions from the saved seed. Returns
+        whether they were rebuilt; if the envs do not reproduce the saved observations they restart from
+        ``fallback_seed`` instead (with a warning)."""
+        self.rng.bit_generator.state = state["rng"]
+        self.finished_episodes = list(state["finished_episodes"])
+        self.reset(state["restart_seed"])
+        actions = state["actions"]
+        for action in actions if actions is not None else ():
+            self._raw_obs = self.envs.step(action)[0]
+            self._actions_sent.append(action)
+        if not np.array_equal(self._raw_obs, state["raw_observation"]):
+            warnings.warn(f"the training envs did not reproduce their state from seed {state['restart_seed']} and "
+                          f"{len(self._actions_sent)} replayed steps (an env that is not deterministic given its "
+                          "seed and actions); they start fresh episodes, so this resumed run is correct but no "
+                          "longer identical to an uninterrupted one", RuntimeWarning, stacklevel=2)
+            self.reset(fallback_seed)
+            return False
+        self._obs = state["observation"]
+        self._autoresetting = state["autoresetting"]
+        self._episode_return, self._episode_length = state["episode_return"], state["episode_length"]
+        if self.exploration is not None:
+            self.exploration.load_state_dict(state["exploration"])
+        return True

@@ -47,6 +47,12 @@ class GaussianNoise:
     def reset(self, mask: np.ndarray) -> None:
         pass
 
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 class OrnsteinUhlenbeckNoise:
     """Temporally correlated noise (Uhlenbeck & Ornstein 1930), one process per env, mean zero."""
@@ -66,6 +72,13 @@ class OrnsteinUhlenbeckNoise:
 
     def reset(self, mask: np.ndarray) -> None:
         self.state[torch.as_tensor(mask)] = 0.0
+
+    def state_dict(self) -> dict:
+        """The processes' current values (a run stopped mid-episode resumes them)."""
+        return {"state": self.state.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state.copy_(state["state"])
 
 
 class EpsilonGreedy:
@@ -90,6 +103,12 @@ class EpsilonGreedy:
         return torch.where(take_random, random_action, action)
 
     def reset(self, mask: np.ndarray) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
         pass
 
 

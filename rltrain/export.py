@@ -1,7 +1,8 @@
 """``python -m rltrain.export run=<run dir> format=torchscript|onnx [checkpoint=last|best|<step>] [out=<file>]``
 
 Writes the run's deterministic policy, observation normalizer included, as one module that maps a
-batch of raw observations ``observation [n, obs]`` (float32) to actions ``action [n, A]`` (float32
+batch of raw observations ``observation [n, *obs_shape]`` (float32; uint8 for frames, which the
+encoder scales as in training) to actions ``action [n, A]`` (float32
 in the env's bounds) or ``[n]`` (int64 indices, discrete actions): TorchScript
 (``torch.jit.load(path)``, default ``<run dir>/export/policy.pt``) or ONNX (an ``onnxruntime``
 session, default ``<run dir>/export/policy.onnx``, the batch dimension dynamic).
@@ -16,6 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -59,7 +61,7 @@ def export_policy(agent: Agent, path: str | Path, fmt: str = "torchscript") -> P
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r}: accepted values are {', '.join(FORMATS)}")
     module = exportable(agent)
-    example = torch.as_tensor(agent.observation_space.sample(), dtype=torch.float32).unsqueeze(0).repeat(2, 1)
+    example = torch.as_tensor(np.stack([agent.observation_space.sample()] * 2)).to(agent.obs_dtype)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
@@ -93,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as err:
         print(f"rltrain.export: error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(f"wrote {path} ({args['format']}: observation [n, {agent.obs_dim}] -> action)")
+    shape = ", ".join(map(str, agent.observation_space.shape))
+    dtype = str(agent.obs_dtype).removeprefix("torch.")
+    print(f"wrote {path} ({args['format']}: observation [n, {shape}] {dtype} -> action)")
 
 
 if __name__ == "__main__":

@@ -24,10 +24,13 @@ The Trainer knows the objective only through its contract (``loss_groups``,
 ``group_parameters``); per-algorithm differences are configuration (:class:`TrainerConfig`,
 :class:`OptimizerGroup`, term windows such as CQL's BC warm-up), not subclasses.
 
-Checkpoints of collecting sources are episode-aligned: the source ends its training episodes as
-*truncated* on the step that reaches a checkpoint and restarts its envs from a seed derived from
-the clock, and does the same on resume, so a resumed run continues exactly like one never
-interrupted, whatever the environment (MuJoCo simulator state cannot be pickled).
+Periodic checkpoints of collecting sources are episode-aligned: the source ends its training
+episodes as *truncated* on the step that reaches a checkpoint and restarts its envs from a seed
+derived from the clock, so a run killed at any moment (SIGKILL) resumes from the last one exactly
+like one never interrupted. A stop on request (SIGTERM, SIGINT, a preemption) happens anywhere and
+cuts nothing: the checkpoint it writes holds the episodes in flight as their seed and the actions
+sent since (:class:`rltrain.collect.Collector`), which resume replays, so that run too continues
+exactly as if never interrupted.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tensordict import TensorDict
 from torch import nn
 
 from rltrain import checkpoint
@@ -179,8 +183,8 @@ class Trainer:
         return self.source.total
 
     def request_stop(self) -> None:
-        """Stop after the current update: write a checkpoint, then raise :class:`StopRequested`
-        (safe to call from a signal handler)."""
+        """Stop once the updates owed now are done (those of the current env step or rollout): write a
+        checkpoint, then raise :class:`StopRequested` (safe to call from a signal handler)."""
         self._stop_requested = True
 
     # ---- the update step (hot path: no host sync but the CPU finiteness check) -------------------
@@ -245,16 +249,12 @@ class Trainer:
         self.loggers.console.advance(self.step)
         source = self.source
         while source.position(self.updates) < source.total:
-            stop = self._stop_requested  # read once: the source and the checkpoint agree on it
-
-            def ends(before: int, after: int) -> bool:
-                return stop or self.ends_interval(before, after)
-
             before = source.position(self.updates)
-            for _ in range(source.advance(self.updates, ends)):
+            for _ in range(source.advance(self.updates, self.ends_interval)):
                 self.update()
             after = source.position(self.updates)
-            self._periodic(before, after, ends(before, after))
+            stop = self._stop_requested  # the checkpoint holds the episodes in flight: nothing is cut here
+            self._periodic(before, after, stop or self.ends_interval(before, after))
             if stop:
                 raise StopRequested(f"stopped on request at {source.clock} {after}; checkpoint written to "
                                     f"{self.checkpoint_path}")
@@ -358,6 +358,7 @@ class Trainer:
             "rng": checkpoint.rng_state(),
             "counters": {"updates": self.updates, "elapsed": self._elapsed, "position": self.step,
                          "env_steps": self.env_steps},
+            "last_losses": None if self._last_losses is None else self._last_losses.detach().cpu().to_dict(),
             "last_eval": self.last_eval,
             "best_eval": self.best_eval,
             "phase_evals": self.phase_evals,
@@ -381,6 +382,9 @@ class Trainer:
         self.updates, self._elapsed = counters["updates"], counters["elapsed"]
         self.last_eval, self.best_eval = state["last_eval"], state["best_eval"]
         self.phase_evals = state["phase_evals"]
+        # The next log row reports the last losses even when no update runs before it (DQN's train_every).
+        losses = state.get("last_losses")
+        self._last_losses = None if losses is None else TensorDict(losses, batch_size=[], device=self.device)
         self.source.load_state_dict(state["source"])  # restarts the source's envs, as at the checkpoint
         checkpoint.set_rng_state(state["rng"])
         self._interval = {"time": time.perf_counter(), "updates": self.updates, "env_steps": self.env_steps}

@@ -25,9 +25,10 @@ TINY = ["torch_threads=1", "logger.progress=false", "network.actor.num_cells=[32
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, str]:
-    """A continuous-action (SAC, Pendulum) and a discrete-action (DQN, CartPole) run."""
+    """A continuous-action (SAC, Pendulum), a discrete-action (DQN, CartPole) and a pixel (DQN, MinAtar) run."""
     return {name: rltrain.train([*TINY, *extra], run_dir=tmp_path_factory.mktemp(name))["run_dir"]
-            for name, extra in (("sac", []), ("dqn", ["algo=dqn", "env=cartpole"]))}
+            for name, extra in (("sac", []), ("dqn", ["algo=dqn", "env=cartpole"]),
+                                ("minatar", ["algo=dqn", "env=minatar", "hparams=none"]))}
 
 
 def mp4_frames(path) -> int:
@@ -95,6 +96,15 @@ def test_export_equals_agent_act(runs, tmp_path, name, fmt, command_line):
     exported, expected = _exported_actions(out, fmt, obs), agent.act(obs)
     assert exported.dtype == expected.dtype and exported.shape == expected.shape
     np.testing.assert_allclose(exported, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_of_a_pixel_policy_takes_uint8_frames(runs, tmp_path, fmt):
+    agent = rltrain.load_agent(runs["minatar"])
+    out = export_policy(agent, tmp_path / f"policy.{fmt}", fmt)
+    obs = np.stack([agent.observation_space.sample() for _ in range(5)])
+    assert obs.dtype == np.uint8 and obs.shape[1:] == (4, 10, 10)
+    np.testing.assert_array_equal(_exported_actions(out, fmt, obs), agent.act(obs))
 
 
 def test_export_rejects_an_unknown_format(runs, capsys):

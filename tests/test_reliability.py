@@ -492,6 +492,40 @@ def test_a_signal_writes_a_checkpoint_and_the_resumed_run_equals_an_uninterrupte
     assert read_rows(cut / "metrics.csv") == read_rows(whole / "metrics.csv")
 
 
+ONLINE_STOPS = {
+    "sac": ["algo=sac", "env.num_envs=2", "env.normalize_observations=true"],
+    "dqn-egreedy": ["algo=dqn", "env=cartpole"],
+    "ppo": ["algo=ppo", "algo.steps_per_env=50", "env.num_envs=2", "algo.epochs=20", "trainer.total_env_steps=10000"],
+    "cal_ql-online-phase": ["algo=cal_ql", "dataset=minari", "source=offline_to_online", "source.offline_updates=200",
+                            "source.online_env_steps=3000", "source.mix=0.5", "algo.loss.num_random=2"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(ONLINE_STOPS))
+def test_an_online_run_stopped_mid_episode_resumes_exactly(mode, tmp_path, tiny_datasets):
+    """SIGTERM between checkpoints with episodes in flight: nothing is cut; resume replays the actions sent
+    since the envs' last restart and continues exactly like the uninterrupted run (replay, rollout and
+    offline-to-online sources; observation normalization, epsilon-greedy, Cal-QL's held-back episodes)."""
+    args = [*STOP_RUN, *ONLINE_STOPS[mode]]
+    if "dataset=minari" in args:
+        args.append(f"dataset.id={tiny_datasets['pendulum']}")
+    run_cli(args, tmp_path / "whole")
+    (whole,) = [p.parent for p in (tmp_path / "whole").rglob("config.yaml") if p.parent.name != ".hydra"]
+
+    proc, cut = stop_mid_run(args, tmp_path / "cut", signal.SIGTERM)
+    assert proc.returncode == cli.STOPPED_EXIT_CODE, proc.stderr
+    state = checkpoint.load(cut / "checkpoints" / "last.pt")
+    stopped_at = state["counters"]["position"]
+    assert stopped_at % 1000 and stopped_at < checkpoint.load(whole / "checkpoints" / "last.pt")["counters"]["position"]
+    collector = state["source"].get("online", state["source"])["collector"]
+    assert collector["actions"] is not None, "the stop cut the episodes in flight"
+
+    run_cli([f"resume={cut}"], tmp_path / "cut")
+    assert read_rows(cut / "eval.csv") == read_rows(whole / "eval.csv")
+    assert read_rows(cut / "metrics.csv") == read_rows(whole / "metrics.csv")
+
+
 def submitit_job_pids() -> list[int]:
     """Processes running a submitit job (``python -u -m submitit.core._submit <folder>``)."""
     pids = []

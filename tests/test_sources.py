@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -223,3 +225,86 @@ def test_config_yaml_records_the_mode_and_the_env_the_run_used(tmp_path, tiny_da
     assert cfg.env.id == "Pendulum-v1" and cfg.source.kind == "auto"  # the defaults before the dataset is read
     _, used = build_run(cfg, tmp_path)
     assert used.env.id == "CartPole-v1" and used.source.kind == "dataset"
+
+
+# ---- episodes in flight (a stop between checkpoints) ------------------------------------------------------
+
+def pendulum_collector(num_envs: int = 2):
+    from rltrain.collect import Collector
+    from rltrain.exploration import OrnsteinUhlenbeckNoise
+    from rltrain.modules.specs import Bounded
+
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make("Pendulum-v1") for _ in range(num_envs)])
+    noise = OrnsteinUhlenbeckNoise(Bounded(low=-2.0, high=2.0, shape=(1,)), num_envs)
+    return Collector(envs, lambda obs: 2 * torch.tanh(obs[:, :1]), torch.device("cpu"), seed=3, exploration=noise)
+
+
+def test_a_collector_rebuilds_its_episodes_in_flight_from_seed_and_actions():
+    """Mid-episode (OU noise has state, some envs auto-resetting): a fresh collector loading the state
+    continues with exactly the transitions the original produces."""
+    original = pendulum_collector()
+    for i in range(230):  # Pendulum's episodes end at 200 steps: both envs are in their second episode
+        original.step(random=i < 20, env_step=i)
+    state = original.state_dict()
+    assert state["actions"].shape == (230, 2, 1) and state["exploration"]["state"].abs().sum() > 0
+
+    def continue_from(collector):
+        torch.manual_seed(0)
+        return torch.cat([collector.step(env_step=230 + i) for i in range(30)])
+
+    expected = continue_from(original)
+    restored = pendulum_collector()
+    assert restored.load_state_dict(state, fallback_seed=99)
+    assert (continue_from(restored) == expected).all()
+    assert len(restored.state_dict()["actions"]) == 260  # a second stop replays from the same restart
+
+
+class UnseededEnv(gym.Env):
+    """Starts each episode at a point drawn without the reset seed (not reproducible by replay)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._x = np.random.default_rng().uniform(-1, 1, size=1).astype(np.float32)
+        return self._x, {}
+
+    def step(self, action):
+        self._x = np.clip(self._x + 0.1 * action, -1, 1).astype(np.float32)
+        return self._x, 0.0, False, False, {}
+
+
+def test_an_env_that_does_not_replay_restarts_fresh_with_a_warning():
+    from rltrain.collect import Collector
+
+    def collector():
+        envs = gym.vector.SyncVectorEnv([UnseededEnv])
+        return Collector(envs, lambda obs: torch.ones(len(obs), 1), torch.device("cpu"), seed=0)
+
+    original = collector()
+    for _ in range(5):
+        original.step()
+    restored = collector()
+    with pytest.warns(RuntimeWarning, match="did not reproduce their state from seed 0 and 5 replayed steps"):
+        assert not restored.load_state_dict(original.state_dict(), fallback_seed=42)
+    assert restored.state_dict()["restart_seed"] == 42 and restored.state_dict()["actions"] is None
+
+
+def test_the_online_transform_keeps_held_back_episodes_across_a_checkpoint():
+    transform = OnlineTransform(None, None, mc_return_gamma=0.5, num_envs=2)
+
+    def step(rewards, done):
+        d = torch.tensor(done).unsqueeze(-1)
+        n = len(rewards)
+        return TensorDict({"observation": torch.zeros(n, 1), "action": torch.zeros(n, 1),
+                           "next": {"observation": torch.zeros(n, 1), "reward": torch.tensor(rewards).unsqueeze(-1),
+                                    "terminated": d, "truncated": torch.zeros_like(d), "done": d}}, batch_size=[n])
+
+    assert len(transform(step([1.0, 2.0], [False, False]))) == 0
+    restored = OnlineTransform(None, None, mc_return_gamma=0.5, num_envs=2)
+    restored.load_state_dict(transform.state_dict())
+    for t in (transform, restored):
+        out = t(step([4.0, 8.0], [True, False]))
+        assert out["mc_return"].squeeze(-1).tolist() == [1.0 + 0.5 * 4.0, 4.0]
+    assert restored.state_dict()["resetting"].tolist() == [True, False]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 
 from rltrain.data.mc_returns import episode_returns
 from rltrain.sources.base import EndsInterval
@@ -52,6 +52,16 @@ class OnlineTransform:
         """The collector restarted every env: no episode is pending, none is being auto-reset."""
         self._pending: list[list[TensorDictBase]] = [[] for _ in range(self.num_envs)]
         self._resetting = np.zeros(self.num_envs, dtype=bool)
+
+    def state_dict(self) -> dict:
+        """The transitions of unfinished episodes held back (Cal-QL) and which envs are being auto-reset."""
+        return {"pending": [torch.cat(rows).to_dict() if rows else None for rows in self._pending],
+                "resetting": self._resetting.copy()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending = [[] if rows is None else [TensorDict(rows, batch_size=[len(rows["observation"])])]
+                         for rows in state["pending"]]
+        self._resetting = state["resetting"].copy()
 
     def __call__(self, transitions: TensorDictBase) -> TensorDictBase:
         if self.normalizer is not None:

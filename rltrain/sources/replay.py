@@ -58,6 +58,10 @@ class Preprocess(Protocol):
 
     def reset(self) -> None: ...
 
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 def truncate_all(transitions: TensorDictBase) -> TensorDictBase:
     """Mark every transition as the end of its episode by truncation (it still bootstraps)."""
@@ -140,12 +144,19 @@ class ReplaySource:
 
     def state_dict(self) -> dict:
         return {"buffer": self.buffer.state_dict(), "env_steps": self.env_steps, "owed": self.schedule.owed,
-                "collector_rng": self.collector.rng.bit_generator.state}
+                "collector": self.collector.state_dict(),
+                "preprocess": None if self.preprocess is None else self.preprocess.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.buffer.load_state_dict(state["buffer"])
         self.env_steps, self.schedule.owed = int(state["env_steps"]), float(state["owed"])
-        self.collector.rng.bit_generator.state = state["collector_rng"]
-        # Before the first env step (an offline-to-online run checkpointed in its offline phase) the
-        # envs start as the collector first started them; after it, as at the checkpoint.
-        self.reset(self.seed if self.env_steps == 0 else derive_seed(self.seed, self.env_steps, RESTART_SEEDS))
+        restart_seed = derive_seed(self.seed, self.env_steps, RESTART_SEEDS)
+        if "collector" not in state:  # written before collectors saved their episodes in flight
+            self.collector.rng.bit_generator.state = state["collector_rng"]
+            self.reset(self.seed if self.env_steps == 0 else restart_seed)
+            return
+        if self.preprocess is not None:
+            self.preprocess.reset()
+        resumed = self.collector.load_state_dict(state["collector"], fallback_seed=restart_seed)
+        if resumed and self.preprocess is not None:
+            self.preprocess.load_state_dict(state["preprocess"])

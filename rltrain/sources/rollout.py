@@ -232,10 +232,11 @@ class RolloutSource:
 
     # ---- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Shuffling generator, counters and the reward model. The rollout itself is not saved: a
-        checkpoint falls between rollouts, and the envs restart from a seed on resume (:meth:`reset`)."""
+        """Shuffling generator, counters, the reward model and the collector's episodes in flight. The
+        rollout itself is not saved: a checkpoint falls between rollouts, after their updates."""
         return {"generator": self.generator.get_state(), "env_steps": self.env_steps, "rollouts": self.rollouts,
-                "reward_model": None if self.reward_model is None else self.reward_model.state_dict()}
+                "reward_model": None if self.reward_model is None else self.reward_model.state_dict(),
+                "collector": self.collector.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
@@ -246,4 +247,9 @@ class RolloutSource:
         if self.reward_model is not None:
             self.reward_model.load_state_dict(state["reward_model"])
         self.rollout, self._rows, self._cursor = None, None, 0
-        self.reset(derive_seed(self.seed, self.env_steps, RESTART_SEEDS))
+        restart_seed = derive_seed(self.seed, self.env_steps, RESTART_SEEDS)
+        if "collector" not in state:  # written before collectors saved their episodes in flight
+            self.reset(restart_seed)
+            return
+        self.collector.load_state_dict(state["collector"], fallback_seed=restart_seed)
+        self._valid = torch.as_tensor(~self.collector.autoresetting)
