@@ -112,7 +112,7 @@ class Collector:
         """
         actions = self._random_actions() if random else self._policy_actions(env_step)
         next_obs, reward, terminated, truncated, _ = self.envs.step(actions)
-        self._actions_sent.append(actions)
+        self._actions_sent.append(np.array(actions, copy=True))
         self._raw_obs = next_obs
         if self.normalizer is not None:
             self.normalizer.update(torch.as_tensor(next_obs, dtype=torch.float32, device=self.normalizer.mean.device))
