@@ -111,11 +111,12 @@ class ReplayBuffer:
         self._stamp = torch.full((rows,), NO_ROW, dtype=torch.long, device=device)   # absolute id in the slot
         self._prev = torch.full((rows,), NO_ROW, dtype=torch.long, device=device)    # previous obs, same episode
         self._next = torch.full((rows,), NO_ROW, dtype=torch.long, device=device)    # next obs (transition rows)
-        self._number = torch.full((rows,), NO_ROW, dtype=torch.long, device=device)  # transition number
+        # (One entry more: the slot ``rows``, never written, where child links that lead nowhere point.)
+        self._number = torch.full((rows + 1,), NO_ROW, dtype=torch.long, device=device)  # transition number
         # Derived from the links (rebuilt on load): slots, so that reading needs no modulo or liveness test.
         self._next_slot = torch.zeros(rows, dtype=torch.long, device=device)
         self._prev_slot = torch.arange(rows, device=device)  # a row's own slot at an episode's first row
-        self._child_slot = torch.full((rows,), NO_ROW, dtype=torch.long, device=device)  # the row linking back here
+        self._child_slot = torch.full((rows + 1,), rows, dtype=torch.long, device=device)  # the row linking here
         self._slot_of = torch.zeros(self.capacity, dtype=torch.long, device=device)  # transition number % capacity
         self._rows_written = 0
         self._transitions_written = 0
@@ -168,29 +169,29 @@ class ReplayBuffer:
         new_prev: list[int] = []
         transition_rows: list[int] = []       # the row of each transition
         next_rows: list[int] = []
+        first_rows: list[int] = []            # the oldest row of each transition's stack
         pending: dict[int, list[int]] = {}    # tails added in this chunk (not yet written)
-        pending_obs: dict[int, torch.Tensor] = {}
+        pending_obs: dict[int, tuple[torch.Tensor, list[int]]] = {}  # their observations and stack rows
         survivor = self._rows_written + n * (self.frame_stack + 1) - self.rows  # older rows may be overwritten now
 
-        def new_segment(stack: torch.Tensor) -> int:
+        def new_segment(stack: torch.Tensor) -> tuple[int, list[int]]:
             """Rows for an observation that continues nothing: its stack's history, then itself."""
             frames = list(stack) if self.frame_stack > 1 else [stack]
             first = 0
             while first < len(frames) - 1 and torch.equal(frames[first + 1], frames[0]):
                 first += 1  # leading repeats are the padding the rebuild recreates
-            prev = NO_ROW
+            rows = []
             for frame in frames[first:]:
-                row = self._rows_written + len(new_frames)
+                new_prev.append(rows[-1] if rows else NO_ROW)
+                rows.append(self._rows_written + len(new_frames))
                 new_frames.append(frame)
-                new_prev.append(prev)
-                prev = row
-            return prev
+            return rows[-1], [rows[0]] * (self.frame_stack - len(rows)) + rows
 
         for i in range(n):
-            row = self._claim_tail(_fingerprint(obs_cpu[i]), obs_cpu[i], pending, pending_obs, survivor)
-            if row is None:
-                row = new_segment(obs_cpu[i])
+            claimed = self._claim_tail(_fingerprint(obs_cpu[i]), obs_cpu[i], pending, pending_obs, survivor)
+            row, stack_rows = claimed if claimed is not None else new_segment(obs_cpu[i])
             transition_rows.append(row)
+            first_rows.append(stack_rows[0])
             next_row = self._rows_written + len(new_frames)
             new_frames.append(next_cpu[i][-1] if self.frame_stack > 1 else next_cpu[i])
             new_prev.append(row)
@@ -198,18 +199,21 @@ class ReplayBuffer:
             if not done[i]:
                 next_key = _fingerprint(next_cpu[i])
                 pending.setdefault(next_key, []).append(next_row)
-                pending_obs[next_row] = next_cpu[i]
+                pending_obs[next_row] = (next_cpu[i], [*stack_rows[1:], next_row])
         for key, rows in pending.items():
             self._tails.setdefault(key, []).extend(rows)
         ended = self._write_rows(torch.stack(new_frames), new_prev)
-        ended += self._write_transitions(transitions, transition_rows, next_rows)
+        # A claimed row survives this chunk's writes (``survivor``), but with stacks its history may not.
+        oldest_row = self._rows_written - self.rows
+        ended += [self._transitions_written + i for i, first in enumerate(first_rows) if first < oldest_row]
+        self._write_transitions(transitions, transition_rows, next_rows)
         self._drop_dead_tails()
         self._retire(ended)
 
     def _claim_tail(self, key: int, observation: torch.Tensor, pending: dict, pending_obs: dict,
-                    survivor: int) -> int | None:
+                    survivor: int) -> tuple[int, list[int]] | None:
         """The row of an unfinished episode whose latest observation is ``observation`` (and that this chunk's
-        writes keep), removed from the tails."""
+        writes keep), removed from the tails, with its stack's rows."""
         for rows in (pending.get(key), self._tails.get(key)):
             if not rows:
                 continue
@@ -217,9 +221,9 @@ class ReplayBuffer:
                 if row < survivor and row not in pending_obs:
                     continue
                 stored = pending_obs[row] if row in pending_obs else self._stored_observation(row)
-                if stored is not None and torch.equal(stored, observation):
+                if stored is not None and torch.equal(stored[0], observation):
                     del rows[j]
-                    return row
+                    return row, stored[1]
         return None
 
     def _live(self, rows: torch.Tensor) -> torch.Tensor:
@@ -227,13 +231,17 @@ class ReplayBuffer:
         slots = rows.clamp(min=0) % self.rows
         return (rows >= 0) & (self._stamp[slots] == rows)
 
-    def _stored_observation(self, row: int) -> torch.Tensor | None:
-        """The observation of row ``row`` as collected (a rebuilt stack), or None if it is gone."""
-        rows = torch.tensor([row], device=self.device)
-        if not self._history_live(rows).item():
+    def _stored_observation(self, row: int) -> tuple[torch.Tensor, list[int]] | None:
+        """The observation of row ``row`` as collected (a rebuilt stack) and its stack's rows, oldest first,
+        or None if one of them is gone."""
+        history = self._history(torch.tensor([row], device=self.device))
+        stack_rows = history[0].tolist()
+        # Rows are overwritten oldest first and links lead back: past a gone row the chain reads other rows'
+        # links, but the minimum is already below the oldest row held.
+        if min(stack_rows) < max(self._rows_written - self.rows, 0):
             return None
-        stack = self._frames(self._history(rows) % self.rows)[0]
-        return (stack if self.frame_stack > 1 else stack[0]).cpu()
+        stack = self._frames(history % self.rows)[0]
+        return (stack if self.frame_stack > 1 else stack[0]).cpu(), stack_rows
 
     def _write_rows(self, frames: torch.Tensor, prev: list[int]) -> list[int]:
         """Write new rows over the oldest; the numbers of the transitions this overwrites (some may repeat)."""
@@ -242,15 +250,17 @@ class ReplayBuffer:
         slots = ids % self.rows
         ended = self._transitions_reading(slots) if self._rows_written + count > self.rows else []
         self._storage[OBS].index_copy_(0, slots, frames.to(self.device, self._storage[OBS].dtype))
-        prev_t = torch.tensor(prev, dtype=torch.long, device=self.device)
-        linked = prev_t >= 0
+        own = [(self._rows_written + i) % self.rows for i in range(count)]
+        prev_slots = [p % self.rows if p >= 0 else slot for p, slot in zip(prev, own)]
+        parents, children = zip(*[(p % self.rows, slot) for p, slot in zip(prev, own) if p >= 0]) or ((), ())
         self._stamp[slots] = ids
-        self._prev[slots] = prev_t
-        self._prev_slot[slots] = torch.where(linked, prev_t.clamp(min=0) % self.rows, slots)
+        self._prev[slots] = torch.tensor(prev, dtype=torch.long, device=self.device)
+        self._prev_slot[slots] = torch.tensor(prev_slots, dtype=torch.long, device=self.device)
         self._next[slots] = NO_ROW
         self._number[slots] = NO_ROW
-        self._child_slot[slots] = NO_ROW
-        self._child_slot[prev_t[linked] % self.rows] = slots[linked]
+        self._child_slot[slots] = self.rows
+        self._child_slot[torch.tensor(parents, dtype=torch.long, device=self.device)] = torch.tensor(
+            children, dtype=torch.long, device=self.device)
         self._rows_written += count
         return ended
 
@@ -260,13 +270,11 @@ class ReplayBuffer:
         numbers = [self._number.index_select(0, slots)]
         chain = slots
         for _ in range(self.frame_stack - 1):
-            chain = torch.where(chain >= 0, self._child_slot.index_select(0, chain.clamp(min=0)), NO_ROW)
-            numbers.append(torch.where(chain >= 0, self._number.index_select(0, chain.clamp(min=0)), NO_ROW))
-        numbers = torch.cat(numbers)
-        return numbers[numbers >= 0].tolist()
+            chain = self._child_slot.index_select(0, chain)
+            numbers.append(self._number.index_select(0, chain))
+        return [number for number in torch.cat(numbers).tolist() if number >= 0]
 
-    def _write_transitions(self, transitions: TensorDictBase, rows: list[int], next_rows: list[int]) -> list[int]:
-        """Write the transitions' fields and links; the numbers of those born without their full stack."""
+    def _write_transitions(self, transitions: TensorDictBase, rows: list[int], next_rows: list[int]) -> None:
         n = len(rows)
         rows_t = torch.tensor(rows, dtype=torch.long, device=self.device)
         slots = rows_t % self.rows
@@ -280,10 +288,6 @@ class ReplayBuffer:
         self._number[slots] = numbers
         self._slot_of[numbers % self.capacity] = slots
         self._transitions_written += n
-        if self.frame_stack == 1:
-            return []  # a claimed row survives this chunk's writes (``survivor``), and a stack is that row
-        # A claimed row's history may not: this chunk can overwrite it.
-        return numbers[~self._history_live(rows_t)].tolist()
 
     def _retire(self, ended: list[int]) -> None:
         """Update the held range and its holes after transitions ``ended`` lost rows and new ones were written."""
@@ -483,7 +487,7 @@ class ReplayBuffer:
         self._next_slot = self._next.clamp(min=0) % self.rows
         self._prev_slot = torch.where(self._prev >= 0, self._prev.clamp(min=0) % self.rows,
                                       torch.arange(self.rows, device=self.device))
-        self._child_slot.fill_(NO_ROW)
+        self._child_slot.fill_(self.rows)
         self._child_slot[prev[linked] % self.rows] = slots[linked]
         numbers = self._number[:filled]
         recent = numbers >= max(self._transitions_written - self.capacity, 0)
