@@ -35,21 +35,24 @@ Capacity counts transitions: the newest ``capacity`` are sampled. Rows are ``cap
 (final observations and segment history take rows); very short episodes can leave fewer than
 ``capacity`` transitions in the rows.
 
-Which transitions are held. Transition ``j`` (numbered in collection order) needs its *first row*,
-the oldest row of its rebuilt stack (its own row when ``S = 1``); every other row it reads (its
-next observation, the n-step window, their stacks) lies later on the same chain of links, and rows
-are overwritten oldest first, so ``j`` is held exactly while ``j >= written - capacity`` and its first
-row is not yet overwritten. First rows are not monotone in ``j`` (a stream's next row is claimed by
-its following transition, after other streams' rows), so the held numbers are a range
-``[oldest, written)`` with a few *holes*. Writing keeps both up to date: the transitions that an
-overwritten row ends are found by its links (with stacks, up to ``S - 1`` steps forward), and the
-holes' list is kept sorted and short by advancing ``oldest`` past leading holes.
+Which transitions are held. Transition ``j`` (numbered in collection order, ``T`` written so far)
+needs its *first row*, the oldest row of its rebuilt stack (its own row when ``S = 1``); every other
+row it reads (its next observation, the n-step window, their stacks) lies later on the same chain of
+links, and rows are overwritten oldest first, so ``j`` is held exactly while ``j >= T - capacity``
+and its first row is not overwritten yet. First rows are not monotone in ``j`` (a stream's next row
+is claimed by its following transition, after other streams' rows were written), so the held
+numbers are a range ``[oldest, T)`` less a few *holes*. Each write keeps both: the transitions that
+an overwritten row ends are found by following links forward from it (``S - 1`` steps with stacks),
+a transition whose claimed row keeps its place but loses stack history in the same write is found
+from the stack rows noted while claiming, and ``oldest`` moves past leading holes, so the list of
+holes (sorted, on the host, mirrored on the device) stays about as long as the envs are many.
 
 Sampling is uniform with replacement over the held transitions, with no rejection and no read back to
-the host: draw ``v`` uniformly in ``[oldest, oldest + held)``, skip the holes at or below it by a
-binary search, ``j = v + #{i : holes[i] - i <= v}``, look up ``j``'s row in a ring indexed by
+the host: draw ``v`` uniformly in ``[oldest, oldest + held)``, step over the holes at or below it by a
+binary search, ``j = v + #{i : holes[i] - i <= v}``, look ``j``'s row up in a ring indexed by
 ``j % capacity``, and gather. The draws come from the buffer's own ``torch.Generator``, so a
-checkpoint restores them exactly; the holes and the ring are rebuilt from the stored links on load.
+checkpoint restores them exactly; checkpoints hold the links only, and the ring, the holes and the
+slot links that reading follows are rebuilt from them on load.
 """
 
 from __future__ import annotations
