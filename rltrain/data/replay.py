@@ -110,8 +110,8 @@ class ReplayBuffer:
         self.device = torch.device(device)
         self._storage: dict[tuple[str, ...], torch.Tensor] | None = None
         rows, device = self.rows, self.device
-        # Links, stored (checkpoints hold them): absolute row ids, NO_ROW where none.
-        self._stamp = torch.full((rows,), NO_ROW, dtype=torch.long, device=device)   # absolute id in the slot
+        # Links, stored (checkpoints hold them): absolute row ids, NO_ROW where none. Row ``r`` lives in slot
+        # ``r % rows`` while ``r >= rows_written - rows``.
         self._prev = torch.full((rows,), NO_ROW, dtype=torch.long, device=device)    # previous obs, same episode
         self._next = torch.full((rows,), NO_ROW, dtype=torch.long, device=device)    # next obs (transition rows)
         # (One entry more: the slot ``rows``, never written, where child links that lead nowhere point.)
@@ -230,9 +230,13 @@ class ReplayBuffer:
         return None
 
     def _live(self, rows: torch.Tensor) -> torch.Tensor:
-        """Whether each absolute row id still holds its row (not overwritten, not ``NO_ROW``)."""
-        slots = rows.clamp(min=0) % self.rows
-        return (rows >= 0) & (self._stamp[slots] == rows)
+        """Whether each absolute row id is still held (written, not overwritten, not ``NO_ROW``)."""
+        return rows >= max(self._rows_written - self.rows, 0)
+
+    def _slot_rows(self, filled: int) -> torch.Tensor:
+        """The absolute id of the row in each of the first ``filled`` slots."""
+        oldest = max(self._rows_written - self.rows, 0)
+        return oldest + (torch.arange(filled, device=self.device) - oldest) % self.rows
 
     def _stored_observation(self, row: int) -> tuple[torch.Tensor, list[int]] | None:
         """The observation of row ``row`` as collected (a rebuilt stack) and its stack's rows, oldest first,
@@ -255,15 +259,14 @@ class ReplayBuffer:
         self._storage[OBS].index_copy_(0, slots, frames.to(self.device, self._storage[OBS].dtype))
         own = [(self._rows_written + i) % self.rows for i in range(count)]
         prev_slots = [p % self.rows if p >= 0 else slot for p, slot in zip(prev, own)]
-        parents, children = zip(*[(p % self.rows, slot) for p, slot in zip(prev, own) if p >= 0]) or ((), ())
-        self._stamp[slots] = ids
+        linked = [(p % self.rows, slot) for p, slot in zip(prev, own) if p >= 0]
         self._prev[slots] = torch.tensor(prev, dtype=torch.long, device=self.device)
         self._prev_slot[slots] = torch.tensor(prev_slots, dtype=torch.long, device=self.device)
         self._next[slots] = NO_ROW
         self._number[slots] = NO_ROW
         self._child_slot[slots] = self.rows
-        self._child_slot[torch.tensor(parents, dtype=torch.long, device=self.device)] = torch.tensor(
-            children, dtype=torch.long, device=self.device)
+        self._child_slot[torch.tensor([p for p, _ in linked], dtype=torch.long, device=self.device)] = torch.tensor(
+            [child for _, child in linked], dtype=torch.long, device=self.device)
         self._rows_written += count
         return ended
 
@@ -455,7 +458,8 @@ class ReplayBuffer:
         """The filled rows, their links, the counters, the unfinished episodes and the sampling generator."""
         filled = min(self._rows_written, self.rows)
         storage = None if self._storage is None else {k: v[:filled].clone() for k, v in self._storage.items()}
-        links = {name: getattr(self, f"_{name}")[:filled].clone() for name in ("stamp", "prev", "next", "number")}
+        links = {name: getattr(self, f"_{name}")[:filled].clone() for name in ("prev", "next", "number")}
+        links["stamp"] = self._slot_rows(filled)  # derived; kept for readers of the earlier layout
         return {"storage": storage, "links": links, "rows_written": self._rows_written,
                 "transitions_written": self._transitions_written, "transitions_in_rows": len(self),
                 "tails": {k: list(v) for k, v in self._tails.items()}, "generator": self.generator.get_state(),
@@ -470,8 +474,8 @@ class ReplayBuffer:
         self._tails = {k: list(v) for k, v in state["tails"].items()}
         self.generator.set_state(state["generator"])
         filled = min(self._rows_written, self.rows)
-        for name, values in state["links"].items():
-            getattr(self, f"_{name}")[:filled] = values.to(self.device)
+        for name in ("prev", "next", "number"):  # the stored "stamp" follows from rows_written
+            getattr(self, f"_{name}")[:filled] = state["links"][name].to(self.device)
         self._storage = None
         if state["storage"] is not None:
             self._storage = {}
@@ -495,7 +499,7 @@ class ReplayBuffer:
         numbers = self._number[:filled]
         recent = numbers >= max(self._transitions_written - self.capacity, 0)
         self._slot_of[numbers[recent] % self.capacity] = slots[recent]
-        held = numbers[recent & self._history_live(self._stamp[:filled])]
+        held = numbers[recent & self._history_live(self._slot_rows(filled))]
         oldest = int(held.min()) if len(held) else self._transitions_written
         missing = torch.ones(self._transitions_written - oldest, dtype=torch.bool, device=self.device)
         missing[held - oldest] = False
