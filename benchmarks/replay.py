@@ -13,7 +13,7 @@ Buffers (filled once, then ``sample(batch)`` timed in interleaved rounds):
 ``--against REF`` also times the ``ReplayBuffer`` of git revision ``REF`` (e.g. ``main``) in the same
 process, on the same data, round by round:
 
-    python benchmarks/replay.py --against main --threads 1 --rounds 5 --seconds 1
+    python benchmarks/replay.py --against bd41b9a --threads 1 --rounds 5 --seconds 1   # the sampler before this one
 """
 
 from __future__ import annotations
