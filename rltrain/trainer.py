@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from rltrain import checkpoint
+from rltrain.compiled import UpdateLosses
 from rltrain.envs import derive_seed
 from rltrain.errors import ConfigError
 from rltrain.evaluate import evaluate
@@ -80,6 +81,8 @@ class TrainerConfig:
     video_every: int = 0                # record one evaluation episode every that many clock ticks (0: never)
     # loss term -> [first update, end update) in which it is trained; terms not listed: always.
     term_windows: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    compile: str = "none"               # none | compile | cudagraphs (rltrain.compiled)
+    updates_per_call: int = 1           # updates per dispatch of Trainer.run_updates
 
     def term_active(self, term: str, update: int) -> bool:
         first, end = self.term_windows.get(term, (0, None))
@@ -160,6 +163,8 @@ class Trainer:
         self._stop_requested = False
         self._interval = {"time": time.perf_counter(), "updates": 0, "env_steps": 0}
         self._check_every_update = device.type == "cpu"
+        self._losses = UpdateLosses(objective, config.compile, device)
+        self._all_finite: torch.Tensor | None = None  # on the device: every update since the last read was finite
 
     @property
     def checkpoint_path(self) -> Path:
@@ -184,6 +189,20 @@ class Trainer:
         self._stop_requested = True
 
     # ---- the update step (hot path: no host sync but the CPU finiteness check) -------------------
+    def run_updates(self, count: int) -> None:
+        """``count`` updates, dispatched ``updates_per_call`` at a time (the last dispatch takes the rest):
+        the same updates, batches and order as ``count`` calls of :meth:`update`."""
+        per_call = self.config.updates_per_call
+        while count > 0:
+            dispatch = min(per_call, count)
+            self._dispatch(dispatch)
+            count -= dispatch
+
+    def _dispatch(self, count: int) -> None:
+        """``count`` consecutive updates in one call (the unit a captured K-update graph replaces)."""
+        for _ in range(count):
+            self.update()
+
     def update(self) -> None:
         step = self.updates + 1
         due = [group for group in self.groups if step % group.every == 0]
@@ -194,9 +213,7 @@ class Trainer:
         batch = self.source.sample()
         if self.reward_labeler is not None:
             batch = self.reward_labeler(batch)
-        every_term = len(terms) == len(self.loss_keys)
-        losses = self.objective(batch) if every_term else self.objective.forward_terms(batch, terms)
-        total = sum(losses.get(k) for k in terms if k in losses.keys())
+        losses, total = self._losses(batch, terms)
         for group in self.groups:
             zero_grads(group.params)
         total.backward()
@@ -207,10 +224,14 @@ class Trainer:
             self.updater.step()
         self._last_losses = losses
         # On CPU reading a scalar costs a microsecond, so every update is checked; on an
-        # accelerator that read would stall the pipeline, so there the check runs at log and
-        # checkpoint time (before anything is saved).
-        if self._check_every_update and not math.isfinite(total.item()):
-            self._stop_on_nonfinite(losses)
+        # accelerator that read would stall the pipeline, so there a device-side flag gathers every
+        # update's finiteness and is read at log and checkpoint time (before anything is saved).
+        if self._check_every_update:
+            if not math.isfinite(total.item()):
+                self._stop_on_nonfinite(losses)
+        else:
+            finite = torch.isfinite(total.detach())
+            self._all_finite = finite if self._all_finite is None else self._all_finite.logical_and_(finite)
 
     def _terms_of(self, groups: list[OptimizerGroup], update: int) -> frozenset[str]:
         """The loss terms that train ``groups`` at ``update`` (only these are computed and backpropagated)."""
@@ -219,9 +240,10 @@ class Trainer:
                          if group in names and self.config.term_active(term, update))
 
     def _verify_finite(self) -> None:
-        losses = self._last_losses
-        if losses is not None and not all(torch.isfinite(losses.get(k)).all() for k in self._present(losses)):
-            self._stop_on_nonfinite(losses)
+        """Stop if any update since the last call had a non-finite loss (one host read of the flag)."""
+        all_finite, self._all_finite = self._all_finite, None
+        if all_finite is not None and not bool(all_finite):
+            self._stop_on_nonfinite(self._last_losses)
 
     def _present(self, losses) -> list[str]:
         return [k for k in self.loss_keys if k in losses.keys()]
@@ -251,8 +273,7 @@ class Trainer:
                 return stop or self.ends_interval(before, after)
 
             before = source.position(self.updates)
-            for _ in range(source.advance(self.updates, ends)):
-                self.update()
+            self.run_updates(source.advance(self.updates, ends))
             after = source.position(self.updates)
             self._periodic(before, after, ends(before, after))
             if stop:
