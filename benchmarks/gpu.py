@@ -79,31 +79,35 @@ def rltrain_rate(name: str, variant: str, data: dict, batch: int, args) -> tuple
 def update_table(args) -> None:
     print(f"| algorithm | batch | variant | rltrain updates/s | warm-up (compile) | hand-written updates/s | ratio |")
     print("|---|---|---|---|---|---|---|")
-    for name in args.algos:
-        _, _, sizes = updates.ALGOS[name]
-        data = updates.make_data(sizes, discrete=sizes is updates.DISCRETE)
-        for batch in args.batches:
-            try:
-                hand = hand_written(name, data, batch, args.device)
-                for _ in range(args.warmup):
-                    hand.update()
-                theirs = timed_rate(hand.update, 1, args.seconds, args.device)
-            except Exception as error:  # noqa: BLE001 - a row says what failed and the table goes on
-                theirs = float("nan")
-                print(f"| {name} | {batch} | hand-written | error: {type(error).__name__}: {error} | | | |", flush=True)
-            for variant in args.variants:
-                if VARIANTS[variant][0] == "cudagraphs" and torch.device(args.device).type != "cuda":
-                    print(f"| {name} | {batch} | {variant} | skipped (needs CUDA) | | {theirs:.0f} | |", flush=True)
-                    continue
-                torch._dynamo.reset()
-                try:
-                    ours, warmup = rltrain_rate(name, variant, data, batch, args)
-                except Exception as error:  # noqa: BLE001
-                    print(f"| {name} | {batch} | {variant} | error: {type(error).__name__}: "
-                          f"{str(error).splitlines()[0][:200]} | | {theirs:.0f} | |", flush=True)
-                    continue
-                print(f"| {name} | {batch} | {variant} | {ours:.0f} | {warmup:.1f} s | {theirs:.0f} | "
-                      f"{ours / theirs:.2f}x |", flush=True)
+    for batch in args.batches:  # every algorithm at the first batch size first: a cut-short run still compares all
+        for name in args.algos:
+            update_rows(name, batch, args)
+
+
+def update_rows(name: str, batch: int, args) -> None:
+    _, _, sizes = updates.ALGOS[name]
+    data = updates.make_data(sizes, discrete=sizes is updates.DISCRETE)
+    try:
+        hand = hand_written(name, data, batch, args.device)
+        for _ in range(args.warmup):
+            hand.update()
+        theirs = timed_rate(hand.update, 1, args.seconds, args.device)
+    except Exception as error:  # noqa: BLE001 - a row says what failed and the table goes on
+        theirs = float("nan")
+        print(f"| {name} | {batch} | hand-written | error: {type(error).__name__}: {error} | | | |", flush=True)
+    for variant in args.variants:
+        if VARIANTS[variant][0] == "cudagraphs" and torch.device(args.device).type != "cuda":
+            print(f"| {name} | {batch} | {variant} | skipped (needs CUDA) | | {theirs:.0f} | |", flush=True)
+            continue
+        torch._dynamo.reset()
+        try:
+            ours, warmup = rltrain_rate(name, variant, data, batch, args)
+        except Exception as error:  # noqa: BLE001
+            print(f"| {name} | {batch} | {variant} | error: {type(error).__name__}: "
+                  f"{str(error).splitlines()[0][:200]} | | {theirs:.0f} | |", flush=True)
+            continue
+        print(f"| {name} | {batch} | {variant} | {ours:.0f} | {warmup:.1f} s | {theirs:.0f} | "
+              f"{ours / theirs:.2f}x |", flush=True)
 
 
 def online_sac(args) -> None:
