@@ -24,10 +24,11 @@ import torch
 DISCRETE = {"dqn", "c51", "discrete_cql", "discrete_iql"}
 WITH_DATASET = {"act", "bc", "diffusion_bc", "dt", "online_dt", "gail", "gail_sac", "iql", "cql", "td3bc", "cal_ql",
                 "rlpd", "discrete_cql", "discrete_iql"}
+MODE = "compile"
 OFFLINE_TO_ONLINE = {"cal_ql", "rlpd"}
 TINY = ["network.actor.num_cells=[32,32]", "network.critic.num_cells=[32,32]", "trainer.batch_size=32",
         "trainer.eval_episodes=1", "logger.progress=false", "hparams=none", "device=cpu", "torch_threads=1",
-        "trainer.compile=compile"]
+        ]
 
 
 def algorithms() -> list[str]:
@@ -61,7 +62,7 @@ def overrides_for(algo: str, datasets: dict[str, str]) -> list[str]:
         data += ["dataset=minari", f"dataset.id={datasets[env]}"]
     if algo in OFFLINE_TO_ONLINE:
         data += ["source=offline_to_online", "source.offline_updates=10", "source.online_env_steps=300"]
-    return [f"algo={algo}", *data, *TINY, *budget]
+    return [f"algo={algo}", *data, *TINY, *budget, f"trainer.compile={MODE}"]
 
 
 def probe(algo: str, datasets: dict[str, str], root: Path) -> str:
@@ -101,12 +102,15 @@ def probe(algo: str, datasets: dict[str, str], root: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algos", nargs="+", default=None)
+    parser.add_argument("--mode", default="compile", help="trainer.compile (none: the same runs eagerly, for timing)")
     args = parser.parse_args()
+    global MODE
+    MODE = args.mode
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MINARI_DATASETS_PATH"] = str(Path(tmp) / "minari")
         datasets = make_datasets()
-        print(f"torch {torch.__version__}, trainer.compile=compile, CPU, 1 thread, 32x32 networks")
+        print(f"torch {torch.__version__}, trainer.compile={MODE}, CPU, 1 thread, 32x32 networks")
         print("| algorithm | result | detail | time |")
         print("|---|---|---|---|")
         for algo in args.algos or algorithms():
