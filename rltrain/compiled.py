@@ -57,6 +57,16 @@ def compile_options(mode: str, device: torch.device) -> dict:
     return {}
 
 
+def failure_reason(error: BaseException) -> str:
+    """``Outer: Root: first line`` of a compiler exception (dynamo wraps the root cause)."""
+    root = error
+    while (inner := root.__cause__ or getattr(root, "inner_exception", None)) is not None:
+        root = inner
+    lines = [line.strip() for line in str(root).splitlines() if line.strip()]
+    reason = f"{type(root).__name__}: {lines[0] if lines else ''}"
+    return reason if root is error else f"{type(error).__name__}: {reason}"
+
+
 class ObjectiveNotCompilable(UserWarning):
     """trainer.compile could not compile an objective; its updates run eagerly."""
 
@@ -104,7 +114,7 @@ class UpdateLosses:
         try:
             result = compiled(batch)
         except Exception as error:  # noqa: BLE001 - any compiler failure means: run this objective eagerly
-            self._give_up(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            self._give_up(failure_reason(error))
             return self.eager(batch, terms)
         breaks = {reason: n - breaks_before.get(reason, 0) for reason, n in counters["graph_break"].items()
                   if n > breaks_before.get(reason, 0)}

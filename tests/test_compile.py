@@ -173,3 +173,25 @@ def test_cudagraphs_off_cuda_is_refused_before_any_work(tiny_datasets, tmp_path)
         cfg = compose("config", overrides=["algo=sac", "env=pendulum", "trainer.compile=graphs"])
     with pytest.raises(ConfigError, match=r"trainer.compile='graphs' is not accepted.*none, compile, cudagraphs"):
         validate_config(cfg)
+
+
+def test_an_objective_that_fails_to_compile_falls_back_to_eager_with_one_warning(tiny_datasets, tmp_path,
+                                                                                  monkeypatch):
+    """A compiler failure at the first compiled call (here a backend that refuses every graph) warns
+    once, naming the objective and the reason, and the run goes on eagerly with the same results."""
+    import rltrain.compiled
+
+    def refusing_backend(graph, example_inputs):
+        raise RuntimeError("data-dependent shape in this graph")
+
+    monkeypatch.setattr(rltrain.compiled, "compile_options", lambda mode, device: {"backend": refusing_backend})
+    eager = make_trainer(tiny_datasets, tmp_path, "td3")
+    compiled = make_trainer(tiny_datasets, tmp_path, "td3", "trainer.compile=compile")
+    with pytest.warns(rltrain.compiled.ObjectiveNotCompilable) as caught:
+        train(compiled, 6, per_call=2)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "TD3Loss cannot be compiled" in message and "data-dependent shape in this graph" in message
+    assert not compiled._losses.compiling
+    train(eager, 6, per_call=2)
+    assert_same_parameters(eager, compiled)
