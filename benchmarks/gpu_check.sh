@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 MUJOCO_GL=egl WANDB_MODE=disabled
-python3 -m pip install -q --no-index --find-links .gpu_wheels tensordict pyvers hydra-core omegaconf \
+python3 -m pip install -q --no-index --no-build-isolation --find-links .gpu_wheels tensordict pyvers hydra-core omegaconf \
   antlr4-python3-runtime gymnasium farama-notifications mujoco glfw pyopengl minari typer 2>&1 | tail -5
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, tensordict; print('torch', torch.__version__, 'tensordict', tensordict.__version__,
