@@ -8,9 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=.gpu_wheels
 mkdir -p "$dest"
-exclude=$(git rev-parse --git-path info/exclude)
-mkdir -p "$(dirname "$exclude")"
-grep -qx "/$dest/" "$exclude" 2>/dev/null || echo "/$dest/" >> "$exclude"
 platform=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
           --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any)
 pip download --no-deps -q -d "$dest" "${platform[@]}" "tensordict==$(python -c 'import tensordict; print(tensordict.__version__)')" \
