@@ -16,6 +16,7 @@ One update::
     batch = source.sample()
     batch = reward_labeler(batch)        # only with a learned reward (GAIL with SAC)
     losses = objective(batch)            # the terms of the groups due now, one forward
+                                         # (compiled with trainer.compile: rltrain.compiled)
     sum(losses).backward()               # one backward: the groups are isolated
     step each optimizer group due now    # e.g. an actor group with every=2
     updater.step()                       # target networks
