@@ -521,14 +521,14 @@ def episodes_data(data: dict[str, torch.Tensor], episode: int):
         ref_min_score=None, ref_max_score=None, dataset_id="benchmark/episodes-v0")
 
 
-def benchmark_config(overrides: list[str], batch: int):
-    """The composed config for ``overrides`` on the CPU, with the benchmark's batch size."""
+def benchmark_config(overrides: list[str], batch: int, device: str = "cpu"):
+    """The composed config for ``overrides`` on ``device``, with the benchmark's batch size."""
     from hydra import compose, initialize_config_module
 
     import rltrain.__main__  # noqa: F401  (registers the config resolvers)
 
     with initialize_config_module("rltrain.configs", version_base="1.3"):
-        return compose("config", overrides=[*overrides, "hparams=none", "device=cpu", "logger.progress=false",
+        return compose("config", overrides=[*overrides, "hparams=none", f"device={device}", "logger.progress=false",
                                             f"trainer.batch_size={batch}"])   # the hand-written twins' settings
 
 
@@ -553,7 +553,7 @@ def dataset_trainer(overrides: list[str], data: dict[str, torch.Tensor], batch: 
                    device=torch.device("cpu"))
 
 
-def dataset_sampler(data: dict[str, torch.Tensor]):
+def dataset_sampler(data: dict[str, torch.Tensor], device: str = "cpu"):
     """rltrain's offline sampler over ``data`` (each transition stored as a one-step episode)."""
     import gymnasium as gym
 
@@ -568,20 +568,21 @@ def dataset_sampler(data: dict[str, torch.Tensor]):
         episode_lengths=torch.ones(n, dtype=torch.long), episode_returns=data["rew"].double(),
         observation_space=gym.spaces.Box(-np.inf, np.inf, (obs_dim,)), action_space=gym.spaces.Box(-1, 1, (data["act"].shape[-1],)),
         env_spec=None, eval_env_spec=None, ref_min_score=None, ref_max_score=None, dataset_id="benchmark/random-v0")
-    return TransitionSampler(offline, "cpu", seed=0)
+    return TransitionSampler(offline, device, seed=0)
 
 
-def rltrain_trainer(overrides: list[str], data: dict[str, torch.Tensor], batch: int, offline: bool = False):
-    """A Trainer built from the configs with the benchmark's sizes; its replay buffer (or, ``offline``,
-    its dataset sampler) holds ``data``."""
+def rltrain_trainer(overrides: list[str], data: dict[str, torch.Tensor], batch: int, offline: bool = False,
+                    device: str = "cpu"):
+    """A Trainer built from the configs with the benchmark's sizes on ``device``; its replay buffer (or,
+    ``offline``, its dataset sampler) holds ``data``."""
     from rltrain.build import build_trainer
     from rltrain.sources import DatasetSource
 
     cfg = benchmark_config([*overrides, "trainer.buffer_size=100000", f"network.actor.num_cells=[{HIDDEN},{HIDDEN}]",
-                            f"network.critic.num_cells=[{HIDDEN},{HIDDEN}]"], batch)
+                            f"network.critic.num_cells=[{HIDDEN},{HIDDEN}]"], batch, device)
     trainer = build_trainer(cfg, Path("/tmp/rltrain-benchmark"))
     if offline:
-        trainer.source = DatasetSource(dataset_sampler(data), batch_size=batch, total_updates=1)
+        trainer.source = DatasetSource(dataset_sampler(data, device), batch_size=batch, total_updates=1)
         return trainer
     term = data["term"].bool().unsqueeze(-1)
     trainer.source.buffer.extend(TensorDict({

@@ -27,6 +27,7 @@ from gymnasium.envs.registration import load_env_creator
 from omegaconf import DictConfig, OmegaConf
 
 from rltrain import presets
+from rltrain.compiled import COMPILE_MODES, check_compile_mode
 from rltrain.errors import ConfigError
 
 CONFIG_DIR = Path(str(importlib.resources.files("rltrain.configs")))
@@ -126,6 +127,8 @@ RULES: dict[str, Check] = {
     "trainer.log_every": COUNT,
     "trainer.policy_snapshots": boolean(),
     "trainer.video_every": STEPS,
+    "trainer.compile": Check(lambda v: v in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}"),
+    "trainer.updates_per_call": COUNT,
     # environments
     "env.num_envs": COUNT,
     "env.eval_num_envs": COUNT,
@@ -286,6 +289,15 @@ def _check_buffer(values: dict) -> None:
                           "ever be sampled; trainer.buffer_size must be >= trainer.batch_size")
 
 
+def _check_compile_device(values: dict) -> None:
+    """``trainer.compile=cudagraphs`` needs the run's device to be CUDA (``auto`` picks it when there is one)."""
+    if values.get("trainer.compile") != "cudagraphs" or not isinstance(values.get("device"), str):
+        return
+    from rltrain.build.assembly import resolve_device
+
+    check_compile_mode("cudagraphs", resolve_device(values["device"]))
+
+
 def _check_env_kwargs(values: dict) -> None:
     """``env.kwargs`` against the constructor of the registered env (gymnasium passes them on to it)."""
     kwargs, env_id = values.get("env.kwargs"), values.get("env.id")
@@ -315,6 +327,7 @@ def validate_config(cfg: DictConfig, overrides: list[str] = ()) -> None:
         check_value(key, value)
     _check_learning_rates(values)
     _check_buffer(values)
+    _check_compile_device(values)
     _check_env_kwargs(values)
 
 
@@ -326,7 +339,8 @@ def validate_config(cfg: DictConfig, overrides: list[str] = ()) -> None:
 RESUME_OVERRIDABLE = (
     "trainer.total_env_steps", "trainer.total_updates", "trainer.eval_every", "trainer.eval_episodes",
     "trainer.checkpoint_every", "trainer.log_every", "trainer.policy_snapshots", "env.eval_num_envs",
-    "logger.progress", "logger.backends", "logger.wandb.*", "device", "torch_threads", "run_root", "sweep_name",
+    "trainer.compile", "trainer.updates_per_call", "logger.progress", "logger.backends", "logger.wandb.*", "device",
+    "torch_threads", "run_root", "sweep_name",
     *(f"algo.optim.*.{leaf}" for leaf in ("lr", "betas", "eps", "weight_decay", "grad_clip")),
 )
 

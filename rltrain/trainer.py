@@ -16,6 +16,7 @@ One update::
     batch = source.sample()
     batch = reward_labeler(batch)        # only with a learned reward (GAIL with SAC)
     losses = objective(batch)            # the terms of the groups due now, one forward
+                                         # (compiled with trainer.compile: rltrain.compiled)
     sum(losses).backward()               # one backward: the groups are isolated
     step each optimizer group due now    # e.g. an actor group with every=2
     updater.step()                       # target networks
@@ -47,6 +48,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from rltrain import checkpoint
+from rltrain.compiled import UpdateLosses
 from rltrain.envs import derive_seed
 from rltrain.errors import ConfigError
 from rltrain.evaluate import evaluate
@@ -84,6 +86,8 @@ class TrainerConfig:
     video_every: int = 0                # record one evaluation episode every that many clock ticks (0: never)
     # loss term -> [first update, end update) in which it is trained; terms not listed: always.
     term_windows: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    compile: str = "none"               # none | compile | cudagraphs (rltrain.compiled)
+    updates_per_call: int = 1           # updates per dispatch of Trainer.run_updates
 
     def term_active(self, term: str, update: int) -> bool:
         first, end = self.term_windows.get(term, (0, None))
@@ -164,6 +168,8 @@ class Trainer:
         self._stop_requested = False
         self._interval = {"time": time.perf_counter(), "updates": 0, "env_steps": 0}
         self._check_every_update = device.type == "cpu"
+        self._losses = UpdateLosses(objective, config.compile, device)
+        self._all_finite: torch.Tensor | None = None  # on the device: every update since the last read was finite
 
     @property
     def checkpoint_path(self) -> Path:
@@ -188,6 +194,20 @@ class Trainer:
         self._stop_requested = True
 
     # ---- the update step (hot path: no host sync but the CPU finiteness check) -------------------
+    def run_updates(self, count: int) -> None:
+        """``count`` updates, dispatched ``updates_per_call`` at a time (the last dispatch takes the rest):
+        the same updates, batches and order as ``count`` calls of :meth:`update`."""
+        per_call = self.config.updates_per_call
+        while count > 0:
+            dispatch = min(per_call, count)
+            self._dispatch(dispatch)
+            count -= dispatch
+
+    def _dispatch(self, count: int) -> None:
+        """``count`` consecutive updates in one call (the unit a captured K-update graph replaces)."""
+        for _ in range(count):
+            self.update()
+
     def update(self) -> None:
         step = self.updates + 1
         due = [group for group in self.groups if step % group.every == 0]
@@ -198,9 +218,7 @@ class Trainer:
         batch = self.source.sample()
         if self.reward_labeler is not None:
             batch = self.reward_labeler(batch)
-        every_term = len(terms) == len(self.loss_keys)
-        losses = self.objective(batch) if every_term else self.objective.forward_terms(batch, terms)
-        total = sum(losses.get(k) for k in terms if k in losses.keys())
+        losses, total = self._losses(batch, terms)
         for group in self.groups:
             zero_grads(group.params)
         total.backward()
@@ -211,10 +229,14 @@ class Trainer:
             self.updater.step()
         self._last_losses = losses
         # On CPU reading a scalar costs a microsecond, so every update is checked; on an
-        # accelerator that read would stall the pipeline, so there the check runs at log and
-        # checkpoint time (before anything is saved).
-        if self._check_every_update and not math.isfinite(total.item()):
-            self._stop_on_nonfinite(losses)
+        # accelerator that read would stall the pipeline, so there a device-side flag gathers every
+        # update's finiteness and is read at log and checkpoint time (before anything is saved).
+        if self._check_every_update:
+            if not math.isfinite(total.item()):
+                self._stop_on_nonfinite(losses)
+        else:
+            finite = torch.isfinite(total.detach())
+            self._all_finite = finite if self._all_finite is None else self._all_finite.logical_and_(finite)
 
     def _terms_of(self, groups: list[OptimizerGroup], update: int) -> frozenset[str]:
         """The loss terms that train ``groups`` at ``update`` (only these are computed and backpropagated)."""
@@ -223,9 +245,10 @@ class Trainer:
                          if group in names and self.config.term_active(term, update))
 
     def _verify_finite(self) -> None:
-        losses = self._last_losses
-        if losses is not None and not all(torch.isfinite(losses.get(k)).all() for k in self._present(losses)):
-            self._stop_on_nonfinite(losses)
+        """Stop if any update since the last call had a non-finite loss (one host read of the flag)."""
+        all_finite, self._all_finite = self._all_finite, None
+        if all_finite is not None and not bool(all_finite):
+            self._stop_on_nonfinite(self._last_losses)
 
     def _present(self, losses) -> list[str]:
         return [k for k in self.loss_keys if k in losses.keys()]
@@ -250,8 +273,7 @@ class Trainer:
         source = self.source
         while source.position(self.updates) < source.total:
             before = source.position(self.updates)
-            for _ in range(source.advance(self.updates, self.ends_interval)):
-                self.update()
+            self.run_updates(source.advance(self.updates, self.ends_interval))
             after = source.position(self.updates)
             stop = self._stop_requested  # the checkpoint holds the episodes in flight: nothing is cut here
             self._periodic(before, after, stop or self.ends_interval(before, after))

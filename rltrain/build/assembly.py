@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rltrain.build.agents import NormalizedPolicy, build_agent, dt_policies
 from rltrain.build.optim import build_groups, build_updater
 from rltrain.build.sources import Task, build_source, check_frame_stack, load_task, reward_labeler, source_kind
+from rltrain.compiled import check_compile_mode
 from rltrain.envs import check_env_id
 from rltrain.errors import ConfigError
 from rltrain.loggers import ConsoleProgress, CSVLogger, Loggers, TensorboardLogger, WandbLogger
@@ -86,7 +87,8 @@ def trainer_config(cfg: DictConfig) -> TrainerConfig:
     return TrainerConfig(
         eval_every=int(t.eval_every), eval_episodes=int(t.eval_episodes), checkpoint_every=int(t.checkpoint_every),
         log_every=int(t.log_every), updater_every=int(cfg.algo.updater_every), seed=int(cfg.seed),
-        policy_snapshots=bool(t.policy_snapshots), video_every=int(t.video_every), term_windows=term_windows(cfg))
+        policy_snapshots=bool(t.policy_snapshots), video_every=int(t.video_every), term_windows=term_windows(cfg),
+        compile=str(t.get("compile", "none")), updates_per_call=int(t.get("updates_per_call", 1)))
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None, initial_step: int,
@@ -143,6 +145,7 @@ def build_run(cfg: DictConfig, run_dir: Path, wandb_run_id: str | None = None,
     """The Trainer of ``cfg`` and the config it resolves to (:func:`resolved_config`)."""
     kind = validate(cfg)
     device = resolve_device(cfg.device)
+    check_compile_mode(str(cfg.trainer.get("compile", "none")), device)
     task = load_task(cfg, kind, device)
     agent = build_agent(cfg, task.obs_spec, task.action_spec)
     agent.objective.to(device)
