@@ -33,26 +33,9 @@ bootstraps at truncation from the real final observation.
 
 Capacity counts transitions: the newest ``capacity`` are sampled. Rows are ``capacity + reserve``
 (final observations and segment history take rows); very short episodes can leave fewer than
-``capacity`` transitions in the rows.
-
-Which transitions are held. Transition ``j`` (numbered in collection order, ``T`` written so far)
-needs its *first row*, the oldest row of its rebuilt stack (its own row when ``S = 1``); every other
-row it reads (its next observation, the n-step window, their stacks) lies later on the same chain of
-links, and rows are overwritten oldest first, so ``j`` is held exactly while ``j >= T - capacity``
-and its first row is not overwritten yet. First rows are not monotone in ``j`` (a stream's next row
-is claimed by its following transition, after other streams' rows were written), so the held
-numbers are a range ``[oldest, T)`` less a few *holes*. Each write keeps both: the transitions that
-an overwritten row ends are found by following links forward from it (``S - 1`` steps with stacks),
-a transition whose claimed row keeps its place but loses stack history in the same write is found
-from the stack rows noted while claiming, and ``oldest`` moves past leading holes, so the list of
-holes (sorted, on the host, mirrored on the device) stays about as long as the envs are many.
-
-Sampling is uniform with replacement over the held transitions, with no rejection and no read back to
-the host: draw ``v`` uniformly in ``[oldest, oldest + held)``, step over the holes at or below it by a
-binary search, ``j = v + #{i : holes[i] - i <= v}``, look ``j``'s row up in a ring indexed by
-``j % capacity``, and gather. The draws come from the buffer's own ``torch.Generator``, so a
-checkpoint restores them exactly; checkpoints hold the links only, and the ring, the holes and the
-slot links that reading follows are rebuilt from them on load.
+``capacity`` transitions in the rows. Sampling is uniform with replacement over the transitions
+held, by rejection of the non-transition rows, from the buffer's own ``torch.Generator`` so a
+checkpoint restores it exactly.
 """
 
 from __future__ import annotations
@@ -109,29 +92,21 @@ class ReplayBuffer:
                              f"(needs at least {2 * self.frame_stack + 1}); raise its capacity")
         self.device = torch.device(device)
         self._storage: dict[tuple[str, ...], torch.Tensor] | None = None
-        rows, device = self.rows, self.device
-        # Links, stored (checkpoints hold them): absolute row ids, NO_ROW where none. Row ``r`` lives in slot
-        # ``r % rows`` while ``r >= rows_written - rows``.
-        self._prev = torch.full((rows,), NO_ROW, dtype=torch.long, device=device)    # previous obs, same episode
-        self._next = torch.full((rows,), NO_ROW, dtype=torch.long, device=device)    # next obs (transition rows)
-        # (One entry more: the slot ``rows``, never written, where child links that lead nowhere point.)
-        self._number = torch.full((rows + 1,), NO_ROW, dtype=torch.long, device=device)  # transition number
-        # Derived from the links (rebuilt on load): slots, so that reading needs no modulo or liveness test.
-        self._next_slot = torch.zeros(rows, dtype=torch.long, device=device)
-        self._prev_slot = torch.arange(rows, device=device)  # a row's own slot at an episode's first row
-        self._child_slot = torch.full((rows + 1,), rows, dtype=torch.long, device=device)  # the row linking here
-        self._slot_of = torch.zeros(self.capacity, dtype=torch.long, device=device)  # transition number % capacity
+        rows = self.rows
+        self._stamp = torch.full((rows,), NO_ROW, dtype=torch.long, device=self.device)  # absolute id in the slot
+        self._prev = torch.full((rows,), NO_ROW, dtype=torch.long, device=self.device)   # previous obs, same episode
+        self._next = torch.full((rows,), NO_ROW, dtype=torch.long, device=self.device)   # next obs (transition rows)
+        self._number = torch.full((rows,), NO_ROW, dtype=torch.long, device=self.device)  # transition number
+        self._next_slot = torch.zeros(rows, dtype=torch.long, device=self.device)  # _next % rows (sampling reads it)
         self._rows_written = 0
         self._transitions_written = 0
-        self._oldest = 0             # the lowest transition number that may be held
-        self._holes: list[int] = []  # numbers in (oldest, written) no longer held, ascending
-        self._hole_ranks: torch.Tensor | None = None  # holes[i] - i on the device (None without holes)
+        self._transitions_in_rows = 0
         self._tails: dict[int, list[int]] = {}  # hash of an unfinished episode's latest observation -> rows
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
     def __len__(self) -> int:
-        return self._transitions_written - self._oldest - len(self._holes)
+        return min(self.capacity, self._transitions_in_rows)
 
     # ---- writing ----------------------------------------------------------------------------------
     def _allocate(self, transitions: TensorDictBase) -> None:
@@ -151,8 +126,8 @@ class ReplayBuffer:
         """Append a batch of transitions (batch shape ``[n]``, in collection order), overwriting the oldest."""
         if self._storage is None:
             self._allocate(transitions)
-        # Each transition writes at most frame_stack + 1 rows: chunks never lap the ring (nor the number ring).
-        chunk = min(max(1, self.rows // (self.frame_stack + 1) - 1), self.capacity)
+        # Each transition writes at most frame_stack + 1 rows: chunks never lap the ring.
+        chunk = max(1, self.rows // (self.frame_stack + 1) - 1)
         for start in range(0, transitions.batch_size[0], chunk):
             self._extend_chunk(transitions[start:start + chunk])
 
@@ -172,29 +147,29 @@ class ReplayBuffer:
         new_prev: list[int] = []
         transition_rows: list[int] = []       # the row of each transition
         next_rows: list[int] = []
-        first_rows: list[int] = []            # the oldest row of each transition's stack
         pending: dict[int, list[int]] = {}    # tails added in this chunk (not yet written)
-        pending_obs: dict[int, tuple[torch.Tensor, list[int]]] = {}  # their observations and stack rows
+        pending_obs: dict[int, torch.Tensor] = {}
         survivor = self._rows_written + n * (self.frame_stack + 1) - self.rows  # older rows may be overwritten now
 
-        def new_segment(stack: torch.Tensor) -> tuple[int, list[int]]:
+        def new_segment(stack: torch.Tensor) -> int:
             """Rows for an observation that continues nothing: its stack's history, then itself."""
             frames = list(stack) if self.frame_stack > 1 else [stack]
             first = 0
             while first < len(frames) - 1 and torch.equal(frames[first + 1], frames[0]):
                 first += 1  # leading repeats are the padding the rebuild recreates
-            rows = []
+            prev = NO_ROW
             for frame in frames[first:]:
-                new_prev.append(rows[-1] if rows else NO_ROW)
-                rows.append(self._rows_written + len(new_frames))
+                row = self._rows_written + len(new_frames)
                 new_frames.append(frame)
-            return rows[-1], [rows[0]] * (self.frame_stack - len(rows)) + rows
+                new_prev.append(prev)
+                prev = row
+            return prev
 
         for i in range(n):
-            claimed = self._claim_tail(_fingerprint(obs_cpu[i]), obs_cpu[i], pending, pending_obs, survivor)
-            row, stack_rows = claimed if claimed is not None else new_segment(obs_cpu[i])
+            row = self._claim_tail(_fingerprint(obs_cpu[i]), obs_cpu[i], pending, pending_obs, survivor)
+            if row is None:
+                row = new_segment(obs_cpu[i])
             transition_rows.append(row)
-            first_rows.append(stack_rows[0])
             next_row = self._rows_written + len(new_frames)
             new_frames.append(next_cpu[i][-1] if self.frame_stack > 1 else next_cpu[i])
             new_prev.append(row)
@@ -202,21 +177,17 @@ class ReplayBuffer:
             if not done[i]:
                 next_key = _fingerprint(next_cpu[i])
                 pending.setdefault(next_key, []).append(next_row)
-                pending_obs[next_row] = (next_cpu[i], [*stack_rows[1:], next_row])
+                pending_obs[next_row] = next_cpu[i]
         for key, rows in pending.items():
             self._tails.setdefault(key, []).extend(rows)
-        ended = self._write_rows(torch.stack(new_frames), new_prev)
-        # A claimed row survives this chunk's writes (``survivor``), but with stacks its history may not.
-        oldest_row = self._rows_written - self.rows
-        ended += [self._transitions_written + i for i, first in enumerate(first_rows) if first < oldest_row]
+        self._write_rows(torch.stack(new_frames), new_prev)
         self._write_transitions(transitions, transition_rows, next_rows)
         self._drop_dead_tails()
-        self._retire(ended)
 
     def _claim_tail(self, key: int, observation: torch.Tensor, pending: dict, pending_obs: dict,
-                    survivor: int) -> tuple[int, list[int]] | None:
+                    survivor: int) -> int | None:
         """The row of an unfinished episode whose latest observation is ``observation`` (and that this chunk's
-        writes keep), removed from the tails, with its stack's rows."""
+        writes keep), removed from the tails."""
         for rows in (pending.get(key), self._tails.get(key)):
             if not rows:
                 continue
@@ -224,61 +195,35 @@ class ReplayBuffer:
                 if row < survivor and row not in pending_obs:
                     continue
                 stored = pending_obs[row] if row in pending_obs else self._stored_observation(row)
-                if stored is not None and torch.equal(stored[0], observation):
+                if stored is not None and torch.equal(stored, observation):
                     del rows[j]
-                    return row, stored[1]
+                    return row
         return None
 
     def _live(self, rows: torch.Tensor) -> torch.Tensor:
-        """Whether each absolute row id is still held (written, not overwritten, not ``NO_ROW``)."""
-        return rows >= max(self._rows_written - self.rows, 0)
+        """Whether each absolute row id still holds its row (not overwritten, not ``NO_ROW``)."""
+        slots = rows.clamp(min=0) % self.rows
+        return (rows >= 0) & (self._stamp[slots] == rows)
 
-    def _slot_rows(self, filled: int) -> torch.Tensor:
-        """The absolute id of the row in each of the first ``filled`` slots."""
-        oldest = max(self._rows_written - self.rows, 0)
-        return oldest + (torch.arange(filled, device=self.device) - oldest) % self.rows
-
-    def _stored_observation(self, row: int) -> tuple[torch.Tensor, list[int]] | None:
-        """The observation of row ``row`` as collected (a rebuilt stack) and its stack's rows, oldest first,
-        or None if one of them is gone."""
-        history = self._history(torch.tensor([row], device=self.device))
-        stack_rows = history[0].tolist()
-        # Rows are overwritten oldest first and links lead back: past a gone row the chain reads other rows'
-        # links, but the minimum is already below the oldest row held.
-        if min(stack_rows) < max(self._rows_written - self.rows, 0):
+    def _stored_observation(self, row: int) -> torch.Tensor | None:
+        """The observation of row ``row`` as collected (a rebuilt stack), or None if it is gone."""
+        rows = torch.tensor([row], device=self.device)
+        if not self._history_live(rows).item():
             return None
-        stack = self._frames(history % self.rows)[0]
-        return (stack if self.frame_stack > 1 else stack[0]).cpu(), stack_rows
+        return self._observations(rows)[0].cpu()
 
-    def _write_rows(self, frames: torch.Tensor, prev: list[int]) -> list[int]:
-        """Write new rows over the oldest; the numbers of the transitions this overwrites (some may repeat)."""
+    def _write_rows(self, frames: torch.Tensor, prev: list[int]) -> None:
         count = frames.shape[0]
         ids = torch.arange(self._rows_written, self._rows_written + count, device=self.device)
         slots = ids % self.rows
-        ended = self._transitions_reading(slots) if self._rows_written + count > self.rows else []
+        overwritten = self._number[slots] >= 0
+        self._transitions_in_rows -= int((overwritten & (self._stamp[slots] >= 0)).sum())
         self._storage[OBS].index_copy_(0, slots, frames.to(self.device, self._storage[OBS].dtype))
-        own = [(self._rows_written + i) % self.rows for i in range(count)]
-        prev_slots = [p % self.rows if p >= 0 else slot for p, slot in zip(prev, own)]
-        linked = [(p % self.rows, slot) for p, slot in zip(prev, own) if p >= 0]
+        self._stamp[slots] = ids
         self._prev[slots] = torch.tensor(prev, dtype=torch.long, device=self.device)
-        self._prev_slot[slots] = torch.tensor(prev_slots, dtype=torch.long, device=self.device)
         self._next[slots] = NO_ROW
         self._number[slots] = NO_ROW
-        self._child_slot[slots] = self.rows
-        self._child_slot[torch.tensor([p for p, _ in linked], dtype=torch.long, device=self.device)] = torch.tensor(
-            [child for _, child in linked], dtype=torch.long, device=self.device)
         self._rows_written += count
-        return ended
-
-    def _transitions_reading(self, slots: torch.Tensor) -> list[int]:
-        """Numbers of the transitions whose stacks read the rows in ``slots``: the transition of each row and,
-        with stacks, those of the next ``S - 1`` rows along its episode."""
-        numbers = [self._number.index_select(0, slots)]
-        chain = slots
-        for _ in range(self.frame_stack - 1):
-            chain = self._child_slot.index_select(0, chain)
-            numbers.append(self._number.index_select(0, chain))
-        return [number for number in torch.cat(numbers).tolist() if number >= 0]
 
     def _write_transitions(self, transitions: TensorDictBase, rows: list[int], next_rows: list[int]) -> None:
         n = len(rows)
@@ -287,30 +232,12 @@ class ReplayBuffer:
         for key, store in self._storage.items():
             if key != OBS:
                 store.index_copy_(0, slots, transitions.get(key).to(self.device, non_blocking=True))
-        next_t = torch.tensor(next_rows, dtype=torch.long, device=self.device)
-        numbers = torch.arange(self._transitions_written, self._transitions_written + n, device=self.device)
-        self._next[slots] = next_t
-        self._next_slot[slots] = next_t % self.rows
-        self._number[slots] = numbers
-        self._slot_of[numbers % self.capacity] = slots
+        self._next[slots] = torch.tensor(next_rows, dtype=torch.long, device=self.device)
+        self._next_slot[slots] = self._next[slots] % self.rows
+        self._number[slots] = torch.arange(self._transitions_written, self._transitions_written + n,
+                                           device=self.device)
         self._transitions_written += n
-
-    def _retire(self, ended: list[int]) -> None:
-        """Update the held range and its holes after transitions ``ended`` lost rows and new ones were written."""
-        oldest = max(self._oldest, self._transitions_written - self.capacity)
-        if not ended and not self._holes:
-            self._oldest = oldest
-            return
-        holes = sorted({number for number in (*self._holes, *ended) if number >= oldest})
-        leading = 0
-        while leading < len(holes) and holes[leading] == oldest + leading:
-            leading += 1
-        self._set_holes(oldest + leading, holes[leading:])
-
-    def _set_holes(self, oldest: int, holes: list[int]) -> None:
-        self._oldest, self._holes = oldest, holes
-        self._hole_ranks = torch.tensor([hole - i for i, hole in enumerate(holes)], dtype=torch.long,
-                                        device=self.device) if holes else None
+        self._transitions_in_rows += n
 
     def _drop_dead_tails(self) -> None:
         oldest = self._rows_written - self.rows
@@ -336,25 +263,33 @@ class ReplayBuffer:
             live &= self._live(self._history(rows)).all(dim=1)
         return live
 
-    def _stack_slots(self, slots: torch.Tensor) -> list[torch.Tensor]:
-        """The slots of each row's stack, newest first (``S`` tensors), padded with the episode's first row."""
-        chain = [slots]
-        for _ in range(self.frame_stack - 1):
-            chain.append(self._prev_slot.index_select(0, chain[-1]))
-        return chain
-
-    def _frames(self, stack_slots: torch.Tensor) -> torch.Tensor:
-        """Observations ``[B, S, *frame]`` from ``[B, S]`` slots, oldest first."""
+    def _observations(self, rows: torch.Tensor) -> torch.Tensor:
         store = self._storage[OBS]
-        return store.index_select(0, stack_slots.reshape(-1)).view(*stack_slots.shape, *store.shape[1:])
+        if self.frame_stack == 1:
+            return store.index_select(0, rows % self.rows)
+        history = self._history(rows) % self.rows
+        return store.index_select(0, history.reshape(-1)).reshape(*history.shape, *store.shape[1:])
+
+    def _sampleable(self, slots: torch.Tensor) -> torch.Tensor:
+        """Transition rows among the newest ``capacity`` transitions whose stack history is still held."""
+        oldest_number = max(self._transitions_written - self.capacity, 0)
+        ok = self._number[slots] >= oldest_number  # a row overwritten since loses its number
+        if self.frame_stack > 1:
+            ok &= self._history_live(self._stamp[slots])
+        return ok
 
     def _draw_slots(self, batch_size: int) -> torch.Tensor:
-        """Slots of ``batch_size`` held transitions, uniform with replacement (see the module docstring)."""
-        numbers = torch.randint(self._oldest, self._oldest + len(self), (batch_size,), device=self.device,
-                                generator=self.generator)
-        if self._hole_ranks is not None:
-            numbers += torch.searchsorted(self._hole_ranks, numbers, right=True)
-        return self._slot_of.index_select(0, numbers % self.capacity)
+        filled = min(self._rows_written, self.rows)
+        slots = torch.randint(filled, (batch_size,), device=self.device, generator=self.generator)
+        for _ in range(64):
+            bad = ~self._sampleable(slots)
+            count = int(bad.sum())
+            if count == 0:
+                return slots
+            slots[bad] = torch.randint(filled, (count,), device=self.device, generator=self.generator)
+        candidates = torch.nonzero(self._sampleable(torch.arange(filled, device=self.device))).squeeze(-1)
+        pick = torch.randint(len(candidates), (batch_size,), device=self.device, generator=self.generator)
+        return candidates[pick]
 
     def sample(self, batch_size: int) -> TensorDict:
         """``batch_size`` transitions drawn uniformly with replacement."""
@@ -363,18 +298,16 @@ class ReplayBuffer:
         return self._gather(self._draw_slots(batch_size))
 
     def _window(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """The last transition slot of each n-step window, the discounted reward sum and the step count.
-
-        A held transition's following rows are newer than its own, hence held too: no liveness test."""
+        """The last transition slot of each n-step window, the discounted reward sum and the step count."""
         last = slots
         reward_key = ("next", "reward")
-        reward = self._storage[reward_key].index_select(0, slots) if reward_key in self._storage else None
+        reward = self._storage[reward_key].index_select(0, slots).clone() if reward_key in self._storage else None
         steps = torch.ones_like(slots)
         done = self._done(slots)
         for k in range(1, self.n_step):
-            following = self._next_slot.index_select(0, last)
-            cont = ~done & (self._number.index_select(0, following) >= 0)
-            last = torch.where(cont, following, last)
+            following = self._next[last]
+            cont = ~done & (self._number[following % self.rows] >= 0) & self._live(following)
+            last = torch.where(cont, following % self.rows, last)
             if reward is not None:
                 step_reward = self._storage[reward_key].index_select(0, last)
                 scale = (self.gamma ** k) * cont.to(step_reward.dtype).view(-1, *[1] * (step_reward.dim() - 1))
@@ -385,42 +318,29 @@ class ReplayBuffer:
 
     def _done(self, slots: torch.Tensor) -> torch.Tensor:
         done = self._storage.get(("next", "done"))
-        if done is not None:
-            return done.index_select(0, slots).reshape(len(slots)).bool()
-        done = self._storage[("next", "terminated")].index_select(0, slots)
-        truncated = self._storage.get(("next", "truncated"))
-        if truncated is not None:
-            done = done | truncated.index_select(0, slots)
-        return done.reshape(len(slots)).bool()
-
-    def _observation_pair(self, slots: torch.Tensor, last: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The observations of ``slots`` and the next observations of ``last``, the n-step windows' last
-        transitions (None: one step, ``slots`` themselves)."""
-        store = self._storage[OBS]
-        next_slots = self._next_slot.index_select(0, slots if last is None else last)
-        if self.frame_stack == 1:
-            return store.index_select(0, slots), store.index_select(0, next_slots)
-        stack = self._stack_slots(slots)
-        # One step: the next stack is the stack shifted by one frame (its padding agrees), so one chain serves both.
-        next_stack = [next_slots, *stack[:-1]] if last is None else self._stack_slots(next_slots)
-        return (self._frames(torch.stack(stack[::-1], dim=1)),
-                self._frames(torch.stack(next_stack[::-1], dim=1)))
+        if done is None:
+            done = self._storage[("next", "terminated")]
+            truncated = self._storage.get(("next", "truncated"))
+            if truncated is not None:
+                done = done | truncated
+        return done.index_select(0, slots).reshape(len(slots)).bool()
 
     def _gather(self, slots: torch.Tensor) -> TensorDict:
-        window, reward, steps = (None, None, None) if self.n_step == 1 else self._window(slots)
-        last = slots if window is None else window
-        observation, next_obs = self._observation_pair(slots, window)
+        last, reward, steps = (slots, None, None) if self.n_step == 1 else self._window(slots)
         data: dict = {}
         for key, store in self._storage.items():
             node = data
             for part in key[:-1]:
                 node = node.setdefault(part, {})
             if key == OBS:
-                node[key[-1]] = observation
+                node[key[-1]] = store.index_select(0, slots) if self.frame_stack == 1 else \
+                    self._observations(self._stamp[slots])
             elif key == ("next", "reward") and reward is not None:
                 node[key[-1]] = reward
             else:
                 node[key[-1]] = store.index_select(0, last if key[0] == "next" else slots)
+        next_obs = self._storage[OBS].index_select(0, self._next_slot[last]) if self.frame_stack == 1 else \
+            self._observations(self._next[last])
         data.setdefault("next", {})["observation"] = next_obs
         if steps is not None:
             data["steps_to_next_obs"] = steps.unsqueeze(-1)
@@ -428,20 +348,13 @@ class ReplayBuffer:
         # construction, and on CPU the checks cost a third of a sample.
         return TensorDict._new_unsafe(data, batch_size=torch.Size([len(slots)]), device=self.device)
 
-    def _held_numbers(self) -> torch.Tensor:
-        """The numbers of the held transitions, ascending."""
-        numbers = torch.arange(self._oldest, self._transitions_written, device=self.device)
-        if self._holes:
-            keep = torch.ones_like(numbers, dtype=torch.bool)
-            keep[torch.tensor(self._holes, device=self.device) - self._oldest] = False
-            numbers = numbers[keep]
-        return numbers
-
     def transitions_in_order(self) -> TensorDict:
         """Every transition held, oldest first (one-step, whatever ``n_step``), e.g. to write a dataset."""
         if self._storage is None:
             return TensorDict({}, batch_size=[0])
-        slots = self._slot_of.index_select(0, self._held_numbers() % self.capacity)
+        filled = torch.arange(min(self._rows_written, self.rows), device=self.device)
+        slots = filled[self._sampleable(filled)]
+        slots = slots[torch.argsort(self._number[slots])]
         n_step, self.n_step = self.n_step, 1
         try:
             return self._gather(slots)
@@ -458,10 +371,9 @@ class ReplayBuffer:
         """The filled rows, their links, the counters, the unfinished episodes and the sampling generator."""
         filled = min(self._rows_written, self.rows)
         storage = None if self._storage is None else {k: v[:filled].clone() for k, v in self._storage.items()}
-        links = {name: getattr(self, f"_{name}")[:filled].clone() for name in ("prev", "next", "number")}
-        links["stamp"] = self._slot_rows(filled)  # derived; kept for readers of the earlier layout
+        links = {name: getattr(self, f"_{name}")[:filled].clone() for name in ("stamp", "prev", "next", "number")}
         return {"storage": storage, "links": links, "rows_written": self._rows_written,
-                "transitions_written": self._transitions_written, "transitions_in_rows": len(self),
+                "transitions_written": self._transitions_written, "transitions_in_rows": self._transitions_in_rows,
                 "tails": {k: list(v) for k, v in self._tails.items()}, "generator": self.generator.get_state(),
                 "capacity": self.capacity, "rows": self.rows, "frame_stack": self.frame_stack, "n_step": self.n_step}
 
@@ -471,11 +383,13 @@ class ReplayBuffer:
                 raise ValueError(f"checkpointed replay buffer has {name} {state[name]}, this one {getattr(self, name)}")
         self._rows_written = state["rows_written"]
         self._transitions_written = state["transitions_written"]
+        self._transitions_in_rows = state["transitions_in_rows"]
         self._tails = {k: list(v) for k, v in state["tails"].items()}
         self.generator.set_state(state["generator"])
         filled = min(self._rows_written, self.rows)
-        for name in ("prev", "next", "number"):  # the stored "stamp" follows from rows_written
-            getattr(self, f"_{name}")[:filled] = state["links"][name].to(self.device)
+        for name, values in state["links"].items():
+            getattr(self, f"_{name}")[:filled] = values.to(self.device)
+        self._next_slot = self._next.clamp(min=0) % self.rows
         self._storage = None
         if state["storage"] is not None:
             self._storage = {}
@@ -483,27 +397,6 @@ class ReplayBuffer:
                 store = torch.zeros((self.rows, *values.shape[1:]), dtype=values.dtype, device=self.device)
                 store[:filled] = values.to(self.device)
                 self._storage[key] = store
-        self._rebuild_index()
-
-    def _rebuild_index(self) -> None:
-        """The derived slots, the number ring, the held range and its holes, from the links alone."""
-        filled = min(self._rows_written, self.rows)
-        slots = torch.arange(filled, device=self.device)
-        prev = self._prev[:filled]
-        linked = self._live(prev)
-        self._next_slot = self._next.clamp(min=0) % self.rows
-        self._prev_slot = torch.where(self._prev >= 0, self._prev.clamp(min=0) % self.rows,
-                                      torch.arange(self.rows, device=self.device))
-        self._child_slot.fill_(self.rows)
-        self._child_slot[prev[linked] % self.rows] = slots[linked]
-        numbers = self._number[:filled]
-        recent = numbers >= max(self._transitions_written - self.capacity, 0)
-        self._slot_of[numbers[recent] % self.capacity] = slots[recent]
-        held = numbers[recent & self._history_live(self._slot_rows(filled))]
-        oldest = int(held.min()) if len(held) else self._transitions_written
-        missing = torch.ones(self._transitions_written - oldest, dtype=torch.bool, device=self.device)
-        missing[held - oldest] = False
-        self._set_holes(oldest, (torch.nonzero(missing).squeeze(-1) + oldest).tolist())
 
     @classmethod
     def from_state_dict(cls, state: dict, device: torch.device | str = "cpu") -> ReplayBuffer:
