@@ -197,6 +197,7 @@ def test_penalty_without_lagrange_is_weighted_sum_of_gaps():
 
 
 def test_uniform_penalty_actions_fill_the_box_with_its_density():
+    torch.manual_seed(0)
     loss = CQLLoss(make_actor(OBS, ACT, low=-2.0, high=3.0), make_qvalue(OBS, ACT), num_random=500)
     obs = torch.randn(B, OBS)
     with torch.no_grad():
@@ -207,7 +208,14 @@ def test_uniform_penalty_actions_fill_the_box_with_its_density():
     assert uniform.min() >= -2.0 and uniform.max() <= 3.0
     assert uniform.min() < -1.9 and uniform.max() > 2.9
     torch.testing.assert_close(log_density[:500], torch.full((500, B), -ACT * math.log(5.0)))
-    torch.testing.assert_close(log_density[500:1000], dist.log_prob(actions[500:1000]), rtol=1e-4, atol=1e-4)
+    # The policy's density recomputed from an action inverts the tanh squashing, which float32 cannot do
+    # precisely within ~1e-3 of the bounds: compare where that reference is well conditioned.
+    policy_actions = actions[500:1000]
+    squashed = (policy_actions - 0.5) / 2.5  # the box [-2, 3] mapped to [-1, 1]
+    inside = (squashed.abs() < 0.999).all(-1)
+    assert inside.float().mean() > 0.9
+    torch.testing.assert_close(log_density[500:1000][inside], dist.log_prob(policy_actions)[inside],
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_conservative_gap_with_fixed_samples_is_per_state():
