@@ -100,7 +100,6 @@ class RolloutSource:
         self._cursor = 0
         self._step_record: tuple[torch.Tensor, ...] | None = None
         self.collector = Collector(envs, self._act, self.device, seed, normalizer=normalizer)
-        self._valid = torch.ones(self.num_envs, dtype=torch.bool)
 
     # ---- acting -------------------------------------------------------------------------------------
     def _act(self, obs: torch.Tensor) -> torch.Tensor:
@@ -115,7 +114,6 @@ class RolloutSource:
     def reset(self, seed: int) -> None:
         """Start fresh episodes in every env (seeded ``seed, seed+1, ...``); unfinished ones are not reported."""
         self.collector.reset(seed)
-        self._valid = torch.ones(self.num_envs, dtype=torch.bool)
 
     def pop_finished_episodes(self) -> list[tuple[float, int]]:
         """``(return, length)`` of the episodes finished since the last call, in environment reward."""
@@ -165,12 +163,9 @@ class RolloutSource:
 
     def _collect_step(self) -> TensorDict:
         """One vector step as ``[N]`` cells; an env being auto-reset gives an invalid cell."""
-        valid = self._valid
+        valid = torch.as_tensor(~self.collector.autoresetting)  # an env being auto-reset yields no transition
         transitions = self.collector.step()
         obs, action, log_prob, value = self._step_record
-        if len(transitions) != int(valid.sum()):
-            raise RuntimeError("RolloutSource lost track of the auto-resetting envs (was the Collector stepped "
-                               "or reset elsewhere?)")
         transitions = transitions.to(self.device)
         index = valid.nonzero().squeeze(-1).to(self.device)
         keys = self.objective.tensor_keys
@@ -195,8 +190,6 @@ class RolloutSource:
                 keys.done: done,
             },
         }, batch_size=[n], device=self.device)
-        # An env whose episode ended on this step is auto-reset on the next one.
-        self._valid = ~done.squeeze(-1).cpu()
         return step
 
     # ---- serving ----------------------------------------------------------------------------------------
@@ -252,4 +245,3 @@ class RolloutSource:
             self.reset(restart_seed)
             return
         self.collector.load_state_dict(state["collector"], fallback_seed=restart_seed)
-        self._valid = torch.as_tensor(~self.collector.autoresetting)
